@@ -1,0 +1,284 @@
+"""Every setting of the framework, declared once.
+
+Edit this file to change a default or to widen a sweep: each `Field` below is
+at the same time an absl flag (same name), a key of the `HParams` mapping that
+`train.train_and_evaluate` receives, and, when it has a `grid`, a dimension of
+the keras-tuner search space.
+
+On the command line a field takes one value (pinned: `hp.Fixed`), a
+comma-separated list (its grid for this sweep: `--lr=1e-3,1e-2`) or `all`
+(every valid choice: `--algorithm=all`).  Fields not given on the command line
+search their `grid` in a sweep and take their `default` in a single run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+
+class UsageError(ValueError):
+    """A bad setting: its message is the one line shown to the user."""
+
+
+# Choices shared with other modules.  The rules' names come from the
+# projection registry, but importing it here would pull TensorFlow into flag
+# parsing, so they are listed here and checked against the registry in tests.
+ALGORITHMS = ("bp", "fa", "kp", "dfa", "dkp", "fdfa", "drtp", "cce", "mse")
+DATASETS = ("digits", "mnist", "fmnist", "cifar10", "cifar100", "eurosat",
+            "caltech256")
+ACTIVATIONS = ("tanh", "relu", "lrelu", "swish", "sigmoid")
+BW_INITS = ("uniform", "orthogonal", "lecun_normal", "glorot_uniform",
+            "he_uniform", "zeros")
+OPTIMIZERS = ("adam", "sgd", "nesterov")
+SCALERS = ("standard", "zero_one", "identity")
+SKEW_TYPES = ("none", "long_tailed", "step")
+OBJECTIVES = ("loss", "val_loss", "error_rate", "val_error_rate")
+PROBLEM_TYPES = ("classification", "reconstruction")
+
+DATA_DIR_ENV = "BPFREE_DATA_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One setting: its type, default, help, valid choices and sweep grid."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+    grid: tuple | None = None  # values a sweep searches when not pinned
+    check: Callable[[Any], str | None] | None = None  # returns a problem
+
+    def parse_one(self, text: str) -> Any:
+        text = text.strip()
+        if self.type is bool:
+            low = text.lower()
+            if low in ("true", "1", "yes"):
+                return True
+            if low in ("false", "0", "no"):
+                return False
+            raise UsageError(f"--{self.name}: '{text}' is not a boolean "
+                             "(valid: true, false)")
+        try:
+            value = self.type(text)
+        except ValueError:
+            raise UsageError(f"--{self.name}: '{text}' is not a valid "
+                             f"{self.type.__name__}") from None
+        self.validate(value)
+        return value
+
+    def validate(self, value: Any) -> None:
+        if self.choices is not None and value not in self.choices:
+            raise UsageError(f"unknown {self.name} '{value}' "
+                             f"(valid: {', '.join(map(str, self.choices))})")
+        problem = self.check(value) if self.check else None
+        if problem:
+            raise UsageError(f"--{self.name}={value}: {problem}")
+
+    def parse(self, text: str) -> tuple:
+        """Parses a flag's text into the tuple of values it names."""
+        if text.strip().lower() == "all":
+            if self.choices is None and self.type is not bool:
+                raise UsageError(f"--{self.name}=all: this field has no list "
+                                 "of choices; give values separated by commas")
+            return (False, True) if self.type is bool else tuple(self.choices)
+        values = tuple(self.parse_one(t) for t in text.split(",") if t.strip())
+        if not values:
+            raise UsageError(f"--{self.name}: no value given")
+        return values
+
+
+def _positive(value) -> str | None:
+    return None if value > 0 else "must be positive"
+
+
+def _non_negative(value) -> str | None:
+    return None if value >= 0 else "must be zero or positive"
+
+
+def _fraction(value) -> str | None:
+    return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
+def _below_one(value) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def _at_least_one(value) -> str | None:
+    return None if value >= 1 else "must be at least 1"
+
+
+def _arch(value) -> str | None:
+    import arch  # local: arch.py is TensorFlow-free, checked here early
+    try:
+        arch.parse(value)
+    except UsageError as error:
+        return str(error)
+    return None
+
+
+FIELDS: tuple[Field, ...] = (
+    # What to learn.
+    Field("dataset", str, "digits", "Dataset.", choices=DATASETS),
+    Field("data_dir", str, "", "Folder holding the dataset files (default: "
+          f"${DATA_DIR_ENV}, else Keras' cache, downloading when absent)."),
+    Field("problem_type", str, "classification", "Classify the labels or "
+          "reconstruct the input.", choices=PROBLEM_TYPES),
+    Field("examples_frac", float, 1.0, "Stratified fraction of the training "
+          "split to use.", check=_fraction),
+    Field("skew_type", str, "none", "Make the training split class-"
+          "imbalanced.", choices=SKEW_TYPES, grid=("none",)),
+    Field("imbalance_factor", float, 10.0, "Largest over smallest class size "
+          "when skewed.", check=_at_least_one),
+    Field("scaler", str, "standard", "Input scaling: standard = [-1, 1], "
+          "zero_one = [0, 1], identity = raw values.", choices=SCALERS),
+    # The network.
+    Field("algorithm", str, "dfa", "Training rule.", choices=ALGORITHMS,
+          grid=("dfa",)),
+    Field("arch", str, "256-256", "Blocks, e.g. 500-500 or 32C5-P2-64C3-P2-"
+          "256 (number: dense units, nCk: n k×k filters, Pk: k×k max pool).",
+          grid=("256-256",), check=_arch),
+    Field("activation", str, "tanh", "Hidden activation.",
+          choices=ACTIVATIONS, grid=("tanh",)),
+    Field("batch_norm", bool, False, "Batch norm in each block.",
+          grid=(False, True)),
+    Field("dropout", float, 0.0, "Dropout rate after each block.",
+          grid=(0.0,), check=_below_one),
+    Field("bw_init", str, "uniform", "Feedback matrix init (uniform = "
+          "U(±1/√n)).", choices=BW_INITS, grid=("uniform",)),
+    Field("use_bias", bool, True, "Biases in blocks and output layer."),
+    # The optimizer.
+    Field("optimizer", str, "adam", "Optimizer of the forward weights.",
+          choices=OPTIMIZERS),
+    Field("lr", float, 1e-3, "Learning rate.", grid=(1e-3, 1e-2),
+          check=_positive),
+    Field("weight_decay", float, 0.0, "Decoupled weight decay (per step, "
+          "times lr).", check=_non_negative),
+    Field("fb_optimizer", str, "adam", "Optimizer of learned feedback "
+          "matrices (dkp, fdfa).", choices=OPTIMIZERS),
+    Field("fb_lr", float, 1e-4, "Learning rate of learned feedback "
+          "matrices.", check=_positive),
+    Field("fb_weight_decay", float, 1e-6, "Weight decay of learned feedback "
+          "matrices (dkp, fdfa).", check=_non_negative),
+    Field("fb_lr_decay", float, 0.8, "Per-epoch factor of fb_lr.",
+          check=_fraction),
+    Field("batch_size", int, 64, "Batch size.", check=_positive),
+    Field("epochs", int, 10, "Training epochs.", check=_positive),
+    # The run.
+    Field("seed", int, 0, "Seed of data splits, weights and feedback "
+          "matrices.", check=_non_negative),
+    Field("objective", str, "val_loss", "What the tuner minimises.",
+          choices=OBJECTIVES),
+    Field("validation_frac", float, 0.1, "Fraction of training data held "
+          "out when the objective needs validation.", check=_below_one),
+    Field("executions_per_trial", int, 1, "Seeds run per trial.",
+          check=_positive),
+    Field("use_xla", bool, True, "Compile the train step with XLA."),
+    Field("steps_per_execution", int, 8, "Train steps per compiled call.",
+          check=_positive),
+)
+
+FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+
+
+class HParams(dict):
+    """A resolved configuration: one value per field, read as attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def replace(self, **changes) -> "HParams":
+        unknown = set(changes) - set(FIELDS_BY_NAME)
+        if unknown:
+            raise UsageError(f"unknown setting(s) {sorted(unknown)}")
+        return HParams({**self, **changes})
+
+
+def defaults() -> HParams:
+    return HParams({f.name: f.default for f in FIELDS})
+
+
+def make(**overrides) -> HParams:
+    """Defaults with `overrides`, each checked as a command-line value is."""
+    hparams = defaults().replace(**overrides)
+    for name, value in overrides.items():
+        FIELDS_BY_NAME[name].validate(value)
+    return check(hparams)
+
+
+def check(hparams: Mapping[str, Any]) -> HParams:
+    """Refuses combinations of settings that cannot work together."""
+    hp = HParams(hparams)
+    if hp.problem_type == "reconstruction":
+        if hp.algorithm in ("drtp", "cce"):
+            raise UsageError(f"algorithm '{hp.algorithm}' needs labels and "
+                             "cannot train reconstruction (valid: bp, fa, kp, "
+                             "dfa, dkp, fdfa, mse)")
+        if hp.objective.endswith("error_rate"):
+            raise UsageError(f"objective '{hp.objective}' needs labels "
+                             "(valid for reconstruction: loss, val_loss)")
+    elif hp.algorithm == "mse" and hp.problem_type != "reconstruction":
+        pass  # a local squared error on one-hot labels is allowed
+    return hp
+
+
+def data_dir(hparams: Mapping[str, Any]) -> str:
+    """The data folder: --data_dir, else $BPFREE_DATA_DIR, else ''."""
+    return hparams["data_dir"] or os.environ.get(DATA_DIR_ENV, "")
+
+
+# ----------------------------------------------------------------------------
+# Command line: one absl flag per field, with identical names.
+
+
+def define_flags(flag_values=None) -> None:
+    """Defines one absl flag per field (idempotent)."""
+    from absl import flags
+    flag_values = flag_values or flags.FLAGS
+    for field in FIELDS:
+        if field.name in flag_values:
+            continue
+        choices = f" One of: {', '.join(map(str, field.choices))}, or all." \
+            if field.choices else ""
+        grid = f" Sweep grid: {','.join(map(str, field.grid))}." \
+            if field.grid else ""
+        flag = flags.Flag(
+            flags.ArgumentParser(), flags.ArgumentSerializer(), field.name,
+            None, f"{field.help}{choices} Default: {field.default}.{grid}",
+            boolean=field.type is bool)
+        flags.DEFINE_flag(flag, flag_values)
+
+
+def given_on_command_line(flag_values=None) -> dict[str, tuple]:
+    """The fields set on the command line, each as its tuple of values."""
+    from absl import flags
+    flag_values = flag_values or flags.FLAGS
+    given = {}
+    for field in FIELDS:
+        text = flag_values[field.name].value
+        if text is not None:
+            given[field.name] = field.parse(str(text))
+    return given
+
+
+def single_run(given: Mapping[str, Sequence]) -> HParams:
+    """The configuration of one run: given values over the defaults."""
+    for name, values in given.items():
+        if len(values) != 1:
+            raise UsageError(f"--{name}: a single run takes one value, got "
+                             f"{len(values)} (use train.bash for a sweep)")
+    return check(defaults().replace(
+        **{name: values[0] for name, values in given.items()}))
+
+
+def search_space(given: Mapping[str, Sequence]) -> dict[str, tuple]:
+    """Every field's values in a sweep: given values, else its grid, else its
+    default alone."""
+    return {f.name: tuple(given.get(f.name) or f.grid or (f.default,))
+            for f in FIELDS}

@@ -1,0 +1,207 @@
+"""Building blocks: dense/conv layers that can send errors back through a
+feedback kernel B instead of W (feedback alignment), and the block
+layer → [batch norm] → activation → [max pool] that every arch token makes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+import arch as arch_lib
+
+PACKAGE = "bpfree"
+
+ACTIVATIONS = {
+    "tanh": tf.nn.tanh,
+    "relu": tf.nn.relu,
+    "lrelu": lambda a: tf.nn.leaky_relu(a, alpha=0.01),
+    "swish": tf.nn.silu,
+    "sigmoid": tf.nn.sigmoid,
+}
+
+
+def feedback_initializer(name: str, seed: int, fan_in: int):
+    """A seeded initializer for a feedback matrix.
+
+    `uniform` is U(−1/√n, 1/√n) with n the number of rows (the units the
+    matrix reads from), which keeps a projection at unit-order scale.
+    """
+    if name == "uniform":
+        limit = 1.0 / math.sqrt(max(fan_in, 1))
+        return keras.initializers.RandomUniform(-limit, limit, seed=seed)
+    if name == "zeros":
+        return keras.initializers.Zeros()
+    return keras.initializers.get({"class_name": name,
+                                   "config": {"seed": seed}})
+
+
+# --- Feedback alignment ops -------------------------------------------------
+# Forward: y = x W.  Backward: dx = dy Bᵀ (B in place of W), dW = xᵀ dy exact
+# given dy.  B gets dW too (Kolen-Pollack) when it is trainable; the tape only
+# asks for it then.
+
+
+@tf.custom_gradient
+def feedback_matmul(x, kernel, backward_kernel):
+    def grad(dy):
+        dx = tf.matmul(dy, backward_kernel, transpose_b=True)
+        dw = tf.matmul(x, dy, transpose_a=True)
+        return dx, dw, dw
+    return tf.matmul(x, kernel), grad
+
+
+@tf.custom_gradient
+def feedback_conv2d(x, kernel, backward_kernel):
+    """'same'-padded stride-1 convolution whose input gradient is the
+    transposed convolution with B's kernel."""
+    def grad(dy):
+        dx = tf.nn.conv2d_transpose(dy, backward_kernel, tf.shape(x),
+                                    strides=1, padding="SAME")
+        dw = tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
+            strides=[1, 1, 1, 1], padding="SAME")
+        return dx, dw, dw
+    return tf.nn.conv2d(x, kernel, strides=1, padding="SAME"), grad
+
+
+class _BackwardKernelMixin:
+    """Adds `backward_kernel` (B, shape of W), fixed or learned."""
+
+    def _add_backward_kernel(self, learned, bw_init, seed):
+        fan_in = math.prod(self.kernel.shape[:-1])
+        self.backward_kernel = self.add_weight(
+            name="backward_kernel", shape=self.kernel.shape,
+            initializer=feedback_initializer(bw_init, seed, fan_in),
+            trainable=learned)
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class FeedbackDense(_BackwardKernelMixin, keras.layers.Dense):
+    """Dense layer whose backward pass uses B instead of W."""
+
+    def __init__(self, units, learned=False, bw_init="uniform", seed=0, **kw):
+        super().__init__(units, **kw)
+        self.learned, self.bw_init, self.seed = learned, bw_init, seed
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._add_backward_kernel(self.learned, self.bw_init, self.seed)
+
+    def call(self, inputs):
+        y = feedback_matmul(inputs, self.kernel.value,
+                            self.backward_kernel.value)
+        return y + self.bias if self.use_bias else y
+
+    def get_config(self):
+        return {**super().get_config(), "learned": self.learned,
+                "bw_init": self.bw_init, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class FeedbackConv2D(_BackwardKernelMixin, keras.layers.Conv2D):
+    """'same' stride-1 Conv2D whose backward pass uses B's kernel."""
+
+    def __init__(self, filters, kernel_size, learned=False, bw_init="uniform",
+                 seed=0, **kw):
+        super().__init__(filters, kernel_size, padding="same", **kw)
+        self.learned, self.bw_init, self.seed = learned, bw_init, seed
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._add_backward_kernel(self.learned, self.bw_init, self.seed)
+
+    def convolution_op(self, inputs, kernel):
+        return feedback_conv2d(inputs, tf.convert_to_tensor(kernel),
+                               self.backward_kernel.value)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("padding", None)
+        return {**config, "learned": self.learned, "bw_init": self.bw_init,
+                "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class Block(keras.layers.Layer):
+    """One arch token: dense or conv → [batch norm] → activation → [pool].
+
+    `kernel_feedback` is None for an ordinary layer, "fixed" or "learned" for
+    a layer that sends its error back through B (FA, KP).  Dropout is not
+    here: it acts on what the next block reads, while a local loss reads
+    the block's own output.
+    """
+
+    def __init__(self, kind, units, kernel=0, pool=0, activation="tanh",
+                 batch_norm=False, use_bias=True, kernel_feedback=None,
+                 bw_init="uniform", seed=0, **kw):
+        super().__init__(**kw)
+        self.spec = dict(kind=kind, units=units, kernel=kernel, pool=pool,
+                         activation=activation, batch_norm=batch_norm,
+                         use_bias=use_bias, kernel_feedback=kernel_feedback,
+                         bw_init=bw_init, seed=seed)
+        self.layer = make_linear(kind, units, kernel, use_bias,
+                                 kernel_feedback, bw_init, seed)
+        self.norm = keras.layers.BatchNormalization() if batch_norm else None
+        self.activation = ACTIVATIONS[activation]
+        self.pool = keras.layers.MaxPooling2D(pool) if pool else None
+
+    def build(self, input_shape):
+        if self.built:
+            return
+        shape = self._linear_input_shape(input_shape)
+        self.layer.build(shape)
+        shape = self.layer.compute_output_shape(shape)
+        if self.norm is not None:
+            self.norm.build(shape)
+        if self.pool is not None:
+            self.pool.build(shape)
+        self.built = True
+
+    def _linear_input_shape(self, shape):
+        if self.spec["kind"] == "dense" and len(shape) > 2:
+            return (shape[0], math.prod(shape[1:]))
+        return tuple(shape)
+
+    def call(self, x, training=False):
+        if self.spec["kind"] == "dense" and len(x.shape) > 2:
+            x = tf.reshape(x, (-1, math.prod(x.shape[1:])))
+        a = self.layer(x)
+        if self.norm is not None:
+            a = self.norm(a, training=training)
+        h = self.activation(a)
+        return self.pool(h) if self.pool is not None else h
+
+    def compute_output_shape(self, input_shape):
+        shape = self.layer.compute_output_shape(
+            self._linear_input_shape(input_shape))
+        return self.pool.compute_output_shape(shape) if self.pool else shape
+
+    def get_config(self):
+        return {**super().get_config(), **self.spec}
+
+
+def make_linear(kind, units, kernel=0, use_bias=True, kernel_feedback=None,
+                bw_init="uniform", seed=0):
+    """The dense or conv layer of a block (or the output layer)."""
+    if kernel_feedback is None:
+        if kind == "dense":
+            return keras.layers.Dense(units, use_bias=use_bias)
+        return keras.layers.Conv2D(units, kernel, padding="same",
+                                   use_bias=use_bias)
+    learned = kernel_feedback == "learned"
+    if kind == "dense":
+        return FeedbackDense(units, learned, bw_init, seed, use_bias=use_bias)
+    return FeedbackConv2D(units, kernel, learned, bw_init, seed,
+                          use_bias=use_bias)
+
+
+def blocks_from_arch(arch: str, **block_kw) -> list[Block]:
+    """One Block per parsed arch spec; each gets its own feedback seed."""
+    seed = block_kw.pop("seed", 0)
+    return [Block(spec.kind, spec.units, spec.kernel, spec.pool,
+                  seed=seed * 1000 + index, name=f"block{index + 1}",
+                  **block_kw)
+            for index, spec in enumerate(arch_lib.parse(arch))]

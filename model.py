@@ -1,0 +1,190 @@
+"""The one model every rule trains through.
+
+`train_step` knows no rule by name.  It runs the forward pass under a tape
+(and, for rules that ask, a forward-mode probe), then either differentiates
+the loss end to end (chained rules: bp, fa, kp — the layers carry FA/KP's
+feedback) or asks each hidden block's projection for its teaching signal
+and differentiates each block's output with respect to that block's own
+variables only.  Learned feedback matrices get their gradients from their
+projection and are applied by a separate feedback optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import keras
+import tensorflow as tf
+
+import projection
+from layers import PACKAGE, blocks_from_arch, make_linear
+
+OUTPUT_FUNCTION_OF_SCALER = {"standard": "tanh", "zero_one": "sigmoid",
+                             "identity": "linear"}
+
+
+def error_rate(y_true, y_pred):
+    return 1.0 - keras.metrics.categorical_accuracy(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class ProjectionModel(keras.Model):
+    """Blocks from an arch string, an output layer, and a training rule."""
+
+    def __init__(self, arch, algorithm, target_dim, problem_type, input_shape,
+                 activation="tanh", batch_norm=False, dropout=0.0,
+                 bw_init="uniform", use_bias=True, scaler="standard", seed=0,
+                 **kw):
+        super().__init__(**kw)
+        self.spec = dict(arch=arch, algorithm=algorithm,
+                         target_dim=target_dim, problem_type=problem_type,
+                         input_shape=tuple(input_shape), activation=activation,
+                         batch_norm=batch_norm, dropout=dropout,
+                         bw_init=bw_init, use_bias=use_bias, scaler=scaler,
+                         seed=seed)
+        self.rule = projection.get(algorithm)
+        self.classify = problem_type == "classification"
+        self.output_fn = ("softmax" if self.classify
+                          else OUTPUT_FUNCTION_OF_SCALER[scaler])
+        self.blocks = blocks_from_arch(
+            arch, activation=activation, batch_norm=batch_norm,
+            use_bias=use_bias, kernel_feedback=self.rule.kernel_feedback,
+            bw_init=bw_init, seed=seed)
+        self.dropouts = [keras.layers.Dropout(dropout, seed=seed + i)
+                         if dropout else None
+                         for i in range(len(self.blocks))]
+        self.output_layer = make_linear(
+            "dense", target_dim, use_bias=use_bias,
+            kernel_feedback=self.rule.kernel_feedback, bw_init=bw_init,
+            seed=seed * 1000 + 999)
+        self.projections = [] if self.rule.chained else [
+            self.rule(target_dim, bw_init, seed * 1000 + 500 + i,
+                      self.output_fn, name=f"projection{i + 1}")
+            for i in range(len(self.blocks))]
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.feedback_optimizer = None
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.extra_metrics = ([
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.MeanMetricWrapper(error_rate, name="error_rate")]
+            if self.classify else [])
+
+    # --- Building and saving ------------------------------------------------
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        shape = (None, *self.spec["input_shape"])
+        for block, proj in zip(self.blocks, self.projections or
+                               [None] * len(self.blocks)):
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+            if proj is not None:
+                proj.build(shape)
+        self.output_layer.build((None, math.prod(shape[1:])))
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), **self.spec}
+
+    def compile(self, optimizer, feedback_optimizer=None, **kw):
+        super().compile(optimizer=optimizer, **kw)
+        self.feedback_optimizer = feedback_optimizer
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, *self.extra_metrics]
+
+    @property
+    def forward_variables(self):
+        """What the main optimizer updates (KP's B included: it is W's
+        twin)."""
+        return [v for layer in (*self.blocks, self.output_layer)
+                for v in layer.trainable_variables]
+
+    @property
+    def learned_feedback(self):
+        return [p.feedback for p in self.projections if p.learns_feedback]
+
+    # --- Forward ------------------------------------------------------------
+
+    def forward(self, x, training=False, probe=None):
+        """Hidden block outputs (pre-dropout) and logits z."""
+        hidden = []
+        for block, dropout in zip(self.blocks, self.dropouts):
+            h = block(x, training=training)
+            if probe is not None:
+                h = probe.perturb(h)
+            hidden.append(h)
+            x = dropout(h, training=training) if dropout is not None else h
+        if len(x.shape) > 2:
+            x = tf.reshape(x, (-1, math.prod(x.shape[1:])))
+        return hidden, self.output_layer(x)
+
+    def output_function(self, z):
+        return projection.output_function(self.output_fn)(z)
+
+    def call(self, x, training=False):
+        return self.output_function(self.forward(x, training)[1])
+
+    def target(self, y):
+        """What the output is scored against: one-hot labels or flat x."""
+        return y if self.classify else tf.reshape(y, (tf.shape(y)[0], -1))
+
+    def global_loss(self, target, z):
+        if self.classify:
+            return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+                labels=target, logits=z))
+        return tf.reduce_mean(tf.square(target - self.output_function(z)))
+
+    # --- Training -----------------------------------------------------------
+
+    def train_step(self, data):
+        x, y = data
+        target = self.target(y)
+        probe = self.rule.tangent_probe(self.seed_generator)
+        with (probe or contextlib.nullcontext()), \
+                tf.GradientTape(persistent=True) as tape:
+            hidden, z = self.forward(x, training=True, probe=probe)
+            loss = self.global_loss(target, z)
+        grads, feedback_grads = self.rule_gradients(
+            tape, loss, hidden, z, target, probe)
+        self.optimizer.apply(grads, self.forward_variables)
+        if feedback_grads:
+            self.feedback_optimizer.apply(feedback_grads,
+                                          self.learned_feedback)
+        return self.update_metrics(loss, target, z)
+
+    def rule_gradients(self, tape, loss, hidden, z, target, probe=None):
+        """Gradients for `forward_variables` and for `learned_feedback`."""
+        if self.rule.chained:
+            return tape.gradient(loss, self.forward_variables), []
+        error = tape.gradient(loss, z)
+        tangents = (probe.tangents(z) if probe is not None
+                    else [None] * len(hidden))
+        grads, feedback_grads = [], []
+        for block, proj, h, tangent in zip(self.blocks, self.projections,
+                                           hidden, tangents):
+            signal, _, feedback_grad = proj.teach(h, error, target, tangent)
+            grads += tape.gradient(h, block.trainable_variables,
+                                   output_gradients=signal)
+            if feedback_grad is not None:
+                feedback_grads.append(feedback_grad)
+        grads += tape.gradient(z, self.output_layer.trainable_variables,
+                               output_gradients=error)
+        return grads, feedback_grads
+
+    def test_step(self, data):
+        x, y = data
+        target = self.target(y)
+        _, z = self.forward(x, training=False)
+        return self.update_metrics(self.global_loss(target, z), target, z)
+
+    def update_metrics(self, loss, target, z):
+        self.loss_tracker.update_state(
+            loss, sample_weight=tf.cast(tf.shape(z)[0], loss.dtype))
+        y_pred = self.output_function(z)
+        for metric in self.extra_metrics:
+            metric.update_state(target, y_pred)
+        return {m.name: m.result() for m in self.metrics}
