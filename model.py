@@ -12,6 +12,7 @@ projection and are applied by a separate feedback optimizer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import keras
@@ -22,6 +23,18 @@ from layers import PACKAGE, blocks_from_arch, make_linear
 
 OUTPUT_FUNCTION_OF_SCALER = {"standard": "tanh", "zero_one": "sigmoid",
                              "identity": "linear"}
+
+
+@dataclasses.dataclass
+class Step:
+    """What one training step computed."""
+
+    grads: list  # aligned with ProjectionModel.forward_variables
+    feedback_grads: list  # aligned with ProjectionModel.learned_feedback
+    loss: tf.Tensor
+    target: tf.Tensor
+    z: tf.Tensor
+    hidden: list
 
 
 def error_rate(y_true, y_pred):
@@ -141,20 +154,25 @@ class ProjectionModel(keras.Model):
     # --- Training -----------------------------------------------------------
 
     def train_step(self, data):
-        x, y = data
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        step = self.compute_gradients(x, y)
+        self.optimizer.apply(step.grads, self.forward_variables)
+        if step.feedback_grads:
+            self.feedback_optimizer.apply(step.feedback_grads,
+                                          self.learned_feedback)
+        return self.update_metrics(step.loss, step.target, step.z)
+
+    def compute_gradients(self, x, y, training=True) -> "Step":
+        """One forward pass and the rule's gradients, applied by nobody."""
         target = self.target(y)
         probe = self.rule.tangent_probe(self.seed_generator)
         with (probe or contextlib.nullcontext()), \
                 tf.GradientTape(persistent=True) as tape:
-            hidden, z = self.forward(x, training=True, probe=probe)
+            hidden, z = self.forward(x, training=training, probe=probe)
             loss = self.global_loss(target, z)
         grads, feedback_grads = self.rule_gradients(
             tape, loss, hidden, z, target, probe)
-        self.optimizer.apply(grads, self.forward_variables)
-        if feedback_grads:
-            self.feedback_optimizer.apply(feedback_grads,
-                                          self.learned_feedback)
-        return self.update_metrics(loss, target, z)
+        return Step(grads, feedback_grads, loss, target, z, hidden)
 
     def rule_gradients(self, tape, loss, hidden, z, target, probe=None):
         """Gradients for `forward_variables` and for `learned_feedback`."""
@@ -176,7 +194,7 @@ class ProjectionModel(keras.Model):
         return grads, feedback_grads
 
     def test_step(self, data):
-        x, y = data
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         target = self.target(y)
         _, z = self.forward(x, training=False)
         return self.update_metrics(self.global_loss(target, z), target, z)
