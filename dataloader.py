@@ -20,6 +20,7 @@ Images stay images (N, H, W, C); dense blocks flatten them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import os
 import pickle
@@ -83,7 +84,7 @@ def _missing(dataset, path, explicit):
                      "the folder holding it")
 
 
-def load_digits(folder, explicit, seed) -> Arrays:
+def load_digits(folder, explicit) -> Arrays:
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
     x, y = sk_digits(return_X_y=True)
@@ -95,7 +96,7 @@ def load_digits(folder, explicit, seed) -> Arrays:
     return Arrays(x_tr, y_tr, x_te, y_te, 16.0, 10)
 
 
-def load_mnist(folder, explicit, seed) -> Arrays:
+def load_mnist(folder, explicit) -> Arrays:
     path = os.path.join(folder, "mnist.npz")
     if not os.path.exists(path):
         if explicit:
@@ -119,7 +120,7 @@ FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
-def load_fmnist(folder, explicit, seed) -> Arrays:
+def load_fmnist(folder, explicit) -> Arrays:
     for sub in ("fashion-mnist", ""):
         paths = [os.path.join(folder, sub, name) for name in FMNIST_FILES]
         if all(os.path.exists(p) for p in paths):
@@ -154,7 +155,7 @@ def _cifar_batch(raw: bytes, label_key: str):
 def load_cifar(name):
     sub, tarball, train_files, test_files, label_key, classes = CIFAR[name]
 
-    def load(folder, explicit, seed) -> Arrays:
+    def load(folder, explicit) -> Arrays:
         files = train_files + test_files
         if os.path.isdir(os.path.join(folder, sub)):
             def read(n):
@@ -212,7 +213,7 @@ def _seeded_split(x, y, seed, test_size=0.2):
                             random_state=seed)
 
 
-def load_eurosat(folder, explicit, seed) -> Arrays:
+def load_eurosat(folder, explicit) -> Arrays:
     import tensorflow_datasets as tfds
     try:
         ds, info = tfds.load("eurosat/rgb", split="train", data_dir=folder
@@ -233,7 +234,7 @@ def load_eurosat(folder, explicit, seed) -> Arrays:
 CALTECH_IMAGE_SIZE = (64, 64)
 
 
-def load_caltech256(folder, explicit, seed) -> Arrays:
+def load_caltech256(folder, explicit) -> Arrays:
     import keras
     root = os.path.join(folder, "256_ObjectCategories")
     if not os.path.isdir(root):
@@ -257,11 +258,17 @@ LOADERS = {"digits": load_digits, "mnist": load_mnist, "fmnist": load_fmnist,
 
 
 def load_arrays(hp) -> Arrays:
+    """The raw arrays of hp's dataset (read once per process: the trials of
+    a sweep share them)."""
     if hp["dataset"] not in LOADERS:
         raise UsageError(f"unknown dataset '{hp['dataset']}' "
                          f"(valid: {', '.join(LOADERS)})")
-    folder, explicit = resolve_dir(hp)
-    return LOADERS[hp["dataset"]](folder, explicit, hp["seed"])
+    return _cached_arrays(hp["dataset"], *resolve_dir(hp))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_arrays(dataset, folder, explicit) -> Arrays:
+    return LOADERS[dataset](folder, explicit)
 
 
 # --- Subsets, skew, validation ----------------------------------------------

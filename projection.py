@@ -124,6 +124,11 @@ class Projection(keras.layers.Layer):
                              + ", ".join(k for k, r in RULES.items()
                                          if r.supports_reconstruction) + ")")
 
+    @classmethod
+    def warnings(cls, hparams) -> list[str]:
+        """Settings the rule accepts but that likely defeat it."""
+        return []
+
     def get_config(self):
         return {**super().get_config(), "target_dim": self.target_dim,
                 "bw_init": self.bw_init, "seed": self.seed,
@@ -158,12 +163,11 @@ class KolenPollack(Projection):
     kernel_feedback = "learned"
 
     @classmethod
-    def check_settings(cls, hparams):
-        super().check_settings(hparams)
+    def warnings(cls, hparams):
         if hparams["weight_decay"] <= 0:
-            from hparams import UsageError
-            raise UsageError("algorithm 'kp' needs --weight_decay > 0 so that "
-                             "W and B converge (e.g. --weight_decay=1e-4)")
+            return ["kp without weight decay: W and B never converge, so kp "
+                    "behaves like fa (set e.g. --weight_decay=1e-4)"]
+        return []
 
 
 # --- Direct rules: a projection per hidden block. ---------------------------
@@ -226,13 +230,12 @@ class DirectRandomTargetProjection(Projection):
         return tf.reduce_sum(p * (-target / n))
 
     @classmethod
-    def check_settings(cls, hparams):
-        super().check_settings(hparams)
+    def warnings(cls, hparams):
         if hparams["activation"] in cls.UNBOUNDED:
-            from absl import logging
-            logging.warning("drtp with the unbounded activation '%s' tends to "
-                            "diverge (its update never vanishes); tanh or "
-                            "sigmoid are safer", hparams["activation"])
+            return [f"drtp with the unbounded activation "
+                    f"'{hparams['activation']}' tends to diverge (its update "
+                    "never vanishes); tanh or sigmoid are safer"]
+        return []
 
 
 @register("cce")

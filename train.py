@@ -50,7 +50,10 @@ def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
     """The compiled model of a configuration (single runs and trials)."""
     import keras
     from model import ProjectionModel
+    import projection
     check_settings(hp)
+    for warning in projection.get(hp["algorithm"]).warnings(hp):
+        print(f"warning: {warning}", file=sys.stderr)
     keras.utils.set_random_seed(hp["seed"])
     model = ProjectionModel(
         arch=hp["arch"], algorithm=hp["algorithm"], target_dim=target_dim,
