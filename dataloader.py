@@ -207,9 +207,11 @@ def _keras_arrays(name, classes) -> Arrays:
 
 
 def _seeded_split(x, y, seed, test_size=0.2):
-    """A seeded, stratified, non-overlapping train/test split."""
+    """A seeded, non-overlapping train/test split, stratified when every
+    class has at least two examples."""
     from sklearn.model_selection import train_test_split
-    return train_test_split(x, y, test_size=test_size, stratify=y,
+    stratify = y if np.bincount(y).min(initial=2) >= 2 else None
+    return train_test_split(x, y, test_size=test_size, stratify=stratify,
                             random_state=seed)
 
 
@@ -218,12 +220,14 @@ def load_eurosat(folder, explicit) -> Arrays:
     try:
         ds, info = tfds.load("eurosat/rgb", split="train", data_dir=folder
                              or None, download=not explicit, with_info=True,
-                             as_supervised=True, batch_size=-1)
+                             as_supervised=True)
     except Exception as error:
         raise DataError(f"eurosat: cannot load tensorflow-datasets' "
                         f"eurosat/rgb from '{folder}' ({type(error).__name__}:"
                         f" {str(error).splitlines()[0][:120]})") from None
-    x, y = tfds.as_numpy(ds)
+    batches = list(tfds.as_numpy(ds.batch(1024)))
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
     # eurosat ships one split; carve a fixed test split (seed 0) so that
     # every run is scored on the same images.
     x_tr, x_te, y_tr, y_te = _seeded_split(x, y, seed=0)

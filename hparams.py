@@ -26,6 +26,7 @@ class UsageError(ValueError):
 # projection registry, but importing it here would pull TensorFlow into flag
 # parsing, so they are listed here and checked against the registry in tests.
 ALGORITHMS = ("bp", "fa", "kp", "dfa", "dkp", "fdfa", "drtp", "cce", "mse")
+LABEL_ONLY_ALGORITHMS = ("drtp", "cce")  # no reconstruction
 DATASETS = ("digits", "mnist", "fmnist", "cifar10", "cifar100", "eurosat",
             "caltech256")
 ACTIVATIONS = ("tanh", "relu", "lrelu", "swish", "sigmoid")
@@ -216,15 +217,14 @@ def check(hparams: Mapping[str, Any]) -> HParams:
     """Refuses combinations of settings that cannot work together."""
     hp = HParams(hparams)
     if hp.problem_type == "reconstruction":
-        if hp.algorithm in ("drtp", "cce"):
+        if hp.algorithm in LABEL_ONLY_ALGORITHMS:
+            valid = [a for a in ALGORITHMS if a not in LABEL_ONLY_ALGORITHMS]
             raise UsageError(f"algorithm '{hp.algorithm}' needs labels and "
-                             "cannot train reconstruction (valid: bp, fa, kp, "
-                             "dfa, dkp, fdfa, mse)")
+                             "cannot train reconstruction "
+                             f"(valid: {', '.join(valid)})")
         if hp.objective.endswith("error_rate"):
             raise UsageError(f"objective '{hp.objective}' needs labels "
                              "(valid for reconstruction: loss, val_loss)")
-    elif hp.algorithm == "mse" and hp.problem_type != "reconstruction":
-        pass  # a local squared error on one-hot labels is allowed
     return hp
 
 
@@ -240,7 +240,7 @@ def data_dir(hparams: Mapping[str, Any]) -> str:
 def define_flags(flag_values=None) -> None:
     """Defines one absl flag per field (idempotent)."""
     from absl import flags
-    flag_values = flag_values or flags.FLAGS
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     for field in FIELDS:
         if field.name in flag_values:
             continue
@@ -258,7 +258,7 @@ def define_flags(flag_values=None) -> None:
 def given_on_command_line(flag_values=None) -> dict[str, tuple]:
     """The fields set on the command line, each as its tuple of values."""
     from absl import flags
-    flag_values = flag_values or flags.FLAGS
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     given = {}
     for field in FIELDS:
         text = flag_values[field.name].value

@@ -80,12 +80,13 @@ def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
 
 def train_and_evaluate(hp, workdir, verbose="auto", callbacks=()):
     """Trains one configuration into `workdir`; returns its metrics."""
-    import keras
-
     import atomic
     import dataloader
+    hparams_lib.check(hp)
+    dataloader.load_arrays(hp)  # a missing file is refused before TF loads
+    import keras
     check_settings(hp)
-    data = dataloader.load(hp)  # may refuse: before anything is written
+    data = dataloader.load(hp)  # nothing is written before this
     created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
     try:
@@ -98,6 +99,7 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=()):
     start = time.time()
     history = model.fit(
         data.train, epochs=hp["epochs"], validation_data=data.validation,
+        shuffle=False,  # the pipeline shuffles, seeded
         verbose=verbose, callbacks=[
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv")),
@@ -132,37 +134,21 @@ def final_metrics(model, data, history) -> dict:
     return metrics
 
 
-def main(argv):
-    from absl import flags
-    if len(argv) > 1:
-        raise UsageError(f"unexpected argument(s) {argv[1:]} (settings are "
-                         "given as --name=value)")
-    workdir = flags.FLAGS.workdir
+def main(flag_values):
+    workdir = flag_values.workdir
     if not workdir:
         raise UsageError("--workdir is required (where the run writes its "
                          "results)")
-    hp = hparams_lib.single_run(hparams_lib.given_on_command_line())
+    hp = hparams_lib.single_run(
+        hparams_lib.given_on_command_line(flag_values))
     metrics = train_and_evaluate(hp, workdir)
     shown = {k: round(v, 4) for k, v in metrics.items()
              if k.startswith("test_") and isinstance(v, float)}
     print(f"{workdir}: {shown}")
 
 
-def run_cli(main_fn):
-    """absl app with bad settings shown as one line and exit status 2."""
-    from absl import app
-
-    def guarded(argv):
-        try:
-            main_fn(argv)
-        except UsageError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-    app.run(guarded)
-
+FLAGS = {"workdir": "Where the run writes its results."}
 
 if __name__ == "__main__":
-    from absl import flags as _flags
-    hparams_lib.define_flags()
-    _flags.DEFINE_string("workdir", None, "Where the run writes its results.")
-    run_cli(main)
+    import cli
+    sys.exit(cli.run(sys.argv, main, FLAGS))

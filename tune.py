@@ -179,20 +179,15 @@ def run_sweep(given, sweep_dir, verbose=True):
     return frame
 
 
-def main(argv):
-    from absl import flags
-    if len(argv) > 1:
-        raise UsageError(f"unexpected argument(s) {argv[1:]} (settings are "
-                         "given as --name=value)")
-    if not flags.FLAGS.sweep_dir:
+def main(flag_values):
+    if not flag_values.sweep_dir:
         raise UsageError("--sweep_dir is required (where the sweep writes)")
-    run_sweep(hparams_lib.given_on_command_line(), flags.FLAGS.sweep_dir)
+    run_sweep(hparams_lib.given_on_command_line(flag_values),
+              flag_values.sweep_dir)
 
+
+FLAGS = {"sweep_dir": "Folder of the sweep."}
 
 if __name__ == "__main__":
-    from absl import flags as _flags
-
-    import train
-    hparams_lib.define_flags()
-    _flags.DEFINE_string("sweep_dir", None, "Folder of the sweep.")
-    train.run_cli(main)
+    import cli
+    sys.exit(cli.run(sys.argv, main, FLAGS))

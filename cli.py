@@ -1,0 +1,43 @@
+"""Command-line entry points: flags generated from hparams.py, and every bad
+input reported as one line (`error: ...`) with exit status 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import hparams as hparams_lib
+from hparams import UsageError
+
+
+def make_flags(extra: dict[str, str]):
+    """A fresh FlagValues: one flag per hparams field plus `extra`
+    (name: help) string flags."""
+    from absl import flags
+    flag_values = flags.FlagValues()
+    hparams_lib.define_flags(flag_values)
+    for name, help_text in extra.items():
+        flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
+    return flag_values
+
+
+def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
+    """Parses argv and calls main(flag_values); returns the exit status."""
+    from absl import flags
+    flag_values = make_flags(extra)
+    if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
+        print(flag_values.get_help())
+        return 0
+    try:
+        try:
+            rest = flag_values(argv)
+        except flags.Error as error:
+            raise UsageError(str(error).splitlines()[0]) from None
+        if len(rest) > 1:
+            raise UsageError(f"unexpected argument(s) {rest[1:]} (settings "
+                             "are given as --name=value; see --help)")
+        main(flag_values)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

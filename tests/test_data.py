@@ -1,0 +1,148 @@
+"""Datasets: the real file formats (CIFAR written by the test, tfds' mock
+data, an image folder), the shared MNIST copies, and the seeded subsets."""
+
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+import dataloader
+import hparams
+from conftest import SHARED_DATA
+
+
+def settings(**kw):
+    return hparams.make(**kw)
+
+
+def write_cifar(folder, name, n_per_file, classes, label_key, files):
+    rng = np.random.default_rng(0)
+    os.makedirs(folder, exist_ok=True)
+    written = {}
+    for fname in files:
+        data = rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8)
+        labels = list(rng.integers(0, classes, n_per_file))
+        with open(os.path.join(folder, fname), "wb") as f:
+            pickle.dump({b"data": data, label_key.encode(): labels}, f)
+        written[fname] = (data, labels)
+    return written
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_cifar_reads_keras_python_format(dataset, packed, tmp_path):
+    sub, tarball, train_files, test_files, key, classes = \
+        dataloader.CIFAR[dataset]
+    written = write_cifar(str(tmp_path / sub), dataset, 20, classes, key,
+                          train_files + test_files)
+    if packed:
+        with tarfile.open(tmp_path / tarball, "w:gz") as tar:
+            tar.add(tmp_path / sub, arcname=sub)
+        for f in os.listdir(tmp_path / sub):
+            os.remove(tmp_path / sub / f)
+        os.rmdir(tmp_path / sub)
+    dataloader._cached_arrays.cache_clear()
+    raw = dataloader.load_arrays(settings(dataset=dataset,
+                                          data_dir=str(tmp_path)))
+    assert raw.x_train.shape == (20 * len(train_files), 32, 32, 3)
+    assert raw.num_classes == classes
+    data, labels = written[test_files[0]]
+    # CIFAR rows are channel-major: R plane, G plane, B plane.
+    np.testing.assert_array_equal(raw.x_test[0, :, :, 1],
+                                  data[0, 1024:2048].reshape(32, 32))
+    np.testing.assert_array_equal(raw.y_test, labels)
+
+
+def test_eurosat_through_tfds_mock(tmp_path):
+    import tensorflow_datasets as tfds
+    dataloader._cached_arrays.cache_clear()
+    with tfds.testing.mock_data(num_examples=50):
+        raw = dataloader.load_arrays(settings(dataset="eurosat",
+                                              data_dir=str(tmp_path)))
+    assert raw.x_train.shape[1:] == (64, 64, 3)
+    assert len(raw.x_train) + len(raw.x_test) == 50
+    assert raw.num_classes == 10
+    dataloader._cached_arrays.cache_clear()
+
+
+def test_caltech256_image_folder_split_is_seeded_and_disjoint(tmp_path):
+    from PIL import Image
+    root = tmp_path / "256_ObjectCategories"
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["001.ak47", "002.bat", "257.clutter"]):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.jpg")
+    dataloader._cached_arrays.cache_clear()
+    raw = dataloader.load_arrays(settings(dataset="caltech256",
+                                          data_dir=str(tmp_path)))
+    dataloader._cached_arrays.cache_clear()
+    assert raw.num_classes == 2  # clutter is not a class
+    assert len(raw.x_train) + len(raw.x_test) == 20
+    assert raw.x_train.shape[1:] == (64, 64, 3)
+    flat = {x.tobytes() for x in raw.x_train}
+    assert not flat & {x.tobytes() for x in raw.x_test}
+
+
+@pytest.mark.skipif(not os.path.exists(SHARED_DATA), reason="no shared data")
+@pytest.mark.parametrize("dataset", ["mnist", "fmnist"])
+def test_shared_mnist_files(dataset):
+    raw = dataloader.load_arrays(settings(dataset=dataset,
+                                          data_dir=SHARED_DATA))
+    assert raw.x_train.shape == (60000, 28, 28, 1)
+    assert raw.x_test.shape == (10000, 28, 28, 1)
+    assert np.bincount(raw.y_test).tolist()[:1] == (
+        [980] if dataset == "mnist" else [1000])
+
+
+def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(hparams.DATA_DIR_ENV, str(tmp_path))
+    assert dataloader.resolve_dir(settings(dataset="mnist")) == (
+        str(tmp_path), True)
+
+
+def test_examples_frac_is_stratified():
+    y = np.repeat(np.arange(4), [100, 80, 60, 40])
+    idx = dataloader.subsample(y, 0.25, "none", 1, 4, seed=0)
+    assert np.bincount(y[idx]).tolist() == [25, 20, 15, 10]
+
+
+@pytest.mark.parametrize("skew, expected", [
+    ("long_tailed", [100, 46, 21, 10]),
+    ("step", [100, 100, 10, 10])])
+def test_skew_makes_classes_imbalanced(skew, expected):
+    y = np.repeat(np.arange(4), 100)
+    idx = dataloader.subsample(y, 1.0, skew, 10.0, 4, seed=0)
+    assert np.bincount(y[idx]).tolist() == expected
+
+
+def test_validation_split_is_disjoint_and_seeded():
+    y = np.repeat(np.arange(3), 50)
+    train, val = dataloader.validation_split(y, 0.2, seed=0)
+    assert not set(train) & set(val) and len(train) + len(val) == 150
+    assert np.bincount(y[val]).tolist() == [10, 10, 10]
+    again, _ = dataloader.validation_split(y, 0.2, seed=0)
+    np.testing.assert_array_equal(train, again)
+
+
+@pytest.mark.parametrize("scaler, low, high", [
+    ("standard", -1, 1), ("zero_one", 0, 1), ("identity", 0, 16)])
+def test_scalers(scaler, low, high):
+    x = dataloader.scale(np.array([0.0, 16.0]), scaler, 16.0)
+    assert x.dtype == np.float32 and x.tolist() == [low, high]
+
+
+def test_digits_pipelines_for_both_problems():
+    data = dataloader.load(settings(dataset="digits", batch_size=32))
+    x, y = next(iter(data.train))
+    assert x.shape == (32, 8, 8, 1) and y.shape == (32, 10)
+    assert data.validation is not None  # the default objective is val_loss
+    recon = dataloader.load(settings(dataset="digits", batch_size=32,
+                                     problem_type="reconstruction",
+                                     objective="loss"))
+    x, target = next(iter(recon.test))
+    np.testing.assert_array_equal(x, target)
+    assert recon.validation is None and recon.target_dim == 64
