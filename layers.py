@@ -77,6 +77,14 @@ class _BackwardKernelMixin:
             initializer=feedback_initializer(bw_init, seed, fan_in),
             trainable=learned)
 
+    # Dense/Conv2D save only kernel and bias (their quantization-aware
+    # format); the plain Layer format saves every variable, B included.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class FeedbackDense(_BackwardKernelMixin, keras.layers.Dense):

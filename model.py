@@ -104,6 +104,30 @@ class ProjectionModel(keras.Model):
     def compile(self, optimizer, feedback_optimizer=None, **kw):
         super().compile(optimizer=optimizer, **kw)
         self.feedback_optimizer = feedback_optimizer
+        self._compile_kw = kw
+
+    def get_compile_config(self):
+        if not self.compiled:
+            return None
+        return {"optimizer": keras.optimizers.serialize(self.optimizer),
+                "feedback_optimizer": (
+                    keras.optimizers.serialize(self.feedback_optimizer)
+                    if self.feedback_optimizer is not None else None),
+                **self._compile_kw}
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        feedback = config.pop("feedback_optimizer")
+        self.compile(
+            optimizer=keras.optimizers.deserialize(config.pop("optimizer")),
+            feedback_optimizer=(keras.optimizers.deserialize(feedback)
+                                if feedback is not None else None),
+            **config)
+        # Build the optimizers now so that their saved state (moments,
+        # step counts) is restored into them.
+        self.optimizer.build(self.forward_variables)
+        if self.feedback_optimizer is not None:
+            self.feedback_optimizer.build(self.learned_feedback)
 
     @property
     def metrics(self):
