@@ -13,8 +13,8 @@ WORKDIR /app
 # extra (the lock file's `gpu` category).
 COPY Pipfile Pipfile.lock ./
 RUN pip install "pipenv==2026.10.3" \
- && pipenv sync --categories="packages gpu" \
- && sha256sum Pipfile.lock | cut -d' ' -f1 | sed 's/$/ default/' > .venv/.synced
+ && pipenv sync --dev --categories="packages dev-packages gpu" \
+ && sha256sum Pipfile.lock | cut -d' ' -f1 > .venv/.synced
 
 COPY . .
 ENV PATH="/app/.venv/bin:$PATH"

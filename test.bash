@@ -3,5 +3,5 @@
 # Sets up .venv/ (with the test tools) on first use.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-scripts/ensure_env.sh --dev
+scripts/ensure_env.sh
 exec .venv/bin/python -m pytest "$@"

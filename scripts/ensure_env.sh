@@ -1,24 +1,17 @@
 #!/usr/bin/env bash
-# Makes sure .venv/ holds exactly what Pipfile.lock pins, building it when it
-# is missing, half-built (an interrupted set-up) or older than the lock file.
-# Usage: scripts/ensure_env.sh [--dev]     (--dev adds the test tools)
+# Makes sure .venv/ holds exactly what Pipfile.lock pins (the packages and
+# the test tools), building it when it is missing, half-built (an
+# interrupted set-up) or older than the lock file.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 pipenv_version="2026.10.3"
-categories="default"
-[[ "${1:-}" == "--dev" ]] && categories="default develop"
 
 # The stamp is written last, so its presence means "set-up finished".
 stamp="$venv/.synced"
-want="$(sha256sum "$root/Pipfile.lock" | cut -d' ' -f1) $categories"
-if [[ -f "$stamp" ]] && grep -qxF "$want" "$stamp"; then
-  exit 0
-fi
-# A full set-up also satisfies a default-only request.
-if [[ "$categories" == "default" && -f "$stamp" ]] \
-    && grep -qxF "${want% default} default develop" "$stamp"; then
+want="$(sha256sum "$root/Pipfile.lock" | cut -d' ' -f1)"
+if [[ -f "$stamp" ]] && [[ "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
 
@@ -31,10 +24,9 @@ fi
 echo "Setting up .venv/ from Pipfile.lock (first run only, about 2 minutes)..." >&2
 rm -rf "$venv"
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "pipenv==$pipenv_version"
-dev_flag=()
-[[ "$categories" == *develop* ]] && dev_flag=(--dev)
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  "pipenv==$pipenv_version"
 (cd "$root" && PIPENV_VENV_IN_PROJECT=1 PIPENV_VERBOSITY=-1 PIPENV_NOSPIN=1 \
-   "$venv/bin/pipenv" sync "${dev_flag[@]}" >&2)
+   "$venv/bin/pipenv" sync --dev >&2)
 echo "$want" > "$stamp"
 echo "Set-up done." >&2

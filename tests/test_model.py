@@ -101,7 +101,7 @@ def test_saved_model_reloads_same_feedback_and_predictions(rule, kind,
                                                            tmp_path):
     arch, shape = ARCHS[kind]
     hp = hparams.make(algorithm=rule, arch=arch, use_xla=False,
-                      weight_decay=1e-3, fb_optimizer="sgd", fb_lr=0.1)
+                      weight_decay=1e-3, fb_optimizer="adam", fb_lr=0.1)
     model = train.build_model(hp, shape, 3)
     x, y = batch(shape)
     model.train_on_batch(x, y)  # learned B move away from their init
