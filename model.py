@@ -187,11 +187,14 @@ class ProjectionModel(keras.Model):
         return self.update_metrics(step.loss, step.target, step.z)
 
     def compute_gradients(self, x, y, training=True) -> "Step":
-        """One forward pass and the rule's gradients, applied by nobody."""
+        """One forward pass and the rule's gradients, applied by nobody.
+
+        Direct rules read the tape once per block (and once for e), so only
+        they need it persistent."""
         target = self.target(y)
         probe = self.rule.tangent_probe(self.seed_generator)
         with (probe or contextlib.nullcontext()), \
-                tf.GradientTape(persistent=True) as tape:
+                tf.GradientTape(persistent=not self.rule.chained) as tape:
             hidden, z = self.forward(x, training=training, probe=probe)
             loss = self.global_loss(target, z)
         grads, feedback_grads = self.rule_gradients(

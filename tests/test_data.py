@@ -98,6 +98,31 @@ def test_shared_mnist_files(dataset):
         [980] if dataset == "mnist" else [1000])
 
 
+@pytest.mark.parametrize("dataset, module", [("mnist", "mnist"),
+                                             ("fmnist", "fashion_mnist")])
+def test_absent_files_are_left_to_keras_loader(dataset, module, monkeypatch,
+                                               tmp_path):
+    """No --data_dir and nothing in Keras' cache: Keras loads (downloads)."""
+    import keras
+    monkeypatch.delenv(hparams.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    grey = np.zeros((4, 28, 28), np.uint8)
+    monkeypatch.setattr(getattr(keras.datasets, module), "load_data",
+                        lambda: ((grey, np.arange(4)), (grey, np.arange(4))))
+    dataloader._cached_arrays.cache_clear()
+    raw = dataloader.load_arrays(settings(dataset=dataset))
+    dataloader._cached_arrays.cache_clear()
+    assert raw.x_train.shape == (4, 28, 28, 1)
+
+    def offline():
+        raise OSError("no network")
+    monkeypatch.setattr(getattr(keras.datasets, module), "load_data",
+                        offline)
+    with pytest.raises(dataloader.DataError, match="download failed"):
+        dataloader.load_arrays(settings(dataset=dataset))
+    dataloader._cached_arrays.cache_clear()
+
+
 def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(hparams.DATA_DIR_ENV, str(tmp_path))
     assert dataloader.resolve_dir(settings(dataset="mnist")) == (
