@@ -1,0 +1,30 @@
+"""Crash points, for the tests that prove a sweep survives SIGKILL.
+
+    BPFREE_KILL_AT=<point>[:<n>]
+
+makes the process kill itself with SIGKILL the n-th time (default: first)
+it passes `point(<point>)`.  Unset, `point` does nothing.  The points:
+`startup` (sweep planned, no trial begun), `epoch_end` (an epoch backed
+up), `trial_end` (a trial recorded, the next not begun).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+
+ENV = "BPFREE_KILL_AT"
+_passes: collections.Counter = collections.Counter()
+
+
+def point(name: str) -> None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    wanted, _, nth = spec.partition(":")
+    if wanted != name:
+        return
+    _passes[name] += 1
+    if _passes[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
