@@ -59,6 +59,11 @@ class Data:
     train_size: int
     steps_per_epoch: int
     mean_image_test_loss: float  # MSE of predicting the mean training image
+    epoch: object = None  # tf.Variable: the epoch whose order `train` yields
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the shuffle order of `epoch` for the next pass."""
+        self.epoch.assign(epoch)
 
 
 # --- Raw arrays ---------------------------------------------------------------
@@ -347,14 +352,15 @@ def load(hp) -> Data:
         x_tr, y_tr, x_val, y_val = x_tr[tr], y_tr[tr], x_tr[val], y_tr[val]
 
     classify = hp["problem_type"] == "classification"
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def pipeline(x, y, shuffle):
         target = (np.eye(raw.num_classes, dtype=np.float32)[y] if classify
                   else x)
-        ds = tf.data.Dataset.from_tensor_slices((x, target))
         if shuffle:
-            ds = ds.shuffle(len(x), seed=hp["seed"],
-                            reshuffle_each_iteration=True)
+            return shuffled_batches(x, target, hp["batch_size"], hp["seed"],
+                                    epoch)
+        ds = tf.data.Dataset.from_tensor_slices((x, target))
         return ds.batch(hp["batch_size"]).prefetch(AUTOTUNE)
 
     x_tr = scale(x_tr, hp["scaler"], raw.max_value)
@@ -373,4 +379,32 @@ def load(hp) -> Data:
         num_classes=raw.num_classes,
         train_size=len(x_tr),
         steps_per_epoch=-(-len(x_tr) // hp["batch_size"]),
-        mean_image_test_loss=baseline)
+        mean_image_test_loss=baseline,
+        epoch=epoch)
+
+
+def shuffled_batches(x, target, batch_size, seed, epoch):
+    """Batches in an order that depends only on (seed, epoch).
+
+    The order of a pass is a stateless permutation keyed by the value of the
+    `epoch` variable when the pass begins, so a run resumed at epoch k sees
+    exactly the batches an uninterrupted run sees at epoch k.  (tf.data's
+    own reshuffling restarts its sequence of orders in a new process.)
+    Batches are gathered from the arrays by index, one gather per batch.
+    """
+    import tensorflow as tf
+    x, target = tf.constant(x), tf.constant(target)
+    n = int(x.shape[0])
+
+    def order(_):
+        key = tf.stack([tf.constant(seed, tf.int64), epoch.read_value()])
+        return tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(tf.range(n), seed=key))
+
+    # flat_map hides the length; Keras needs it to plan its steps.
+    return (tf.data.Dataset.from_tensors(0).flat_map(order)
+            .apply(tf.data.experimental.assert_cardinality(n))
+            .batch(batch_size)
+            .map(lambda idx: (tf.gather(x, idx), tf.gather(target, idx)),
+                 num_parallel_calls=AUTOTUNE, deterministic=True)
+            .prefetch(AUTOTUNE))

@@ -14,6 +14,7 @@ search their `grid` in a sweep and take their `default` in a single run.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -37,6 +38,9 @@ SCALERS = ("standard", "zero_one", "identity")
 SKEW_TYPES = ("none", "long_tailed", "step")
 OBJECTIVES = ("loss", "val_loss", "error_rate", "val_error_rate")
 PROBLEM_TYPES = ("classification", "reconstruction")
+# Diagnostics (trackers.py); TensorFlow-free here, like ALGORITHMS.
+TRACKERS = ("bp_cosine", "signal_cosine", "weight_alignment", "norms",
+            "local_loss", "histograms")
 
 DATA_DIR_ENV = "BPFREE_DATA_DIR"
 
@@ -52,6 +56,9 @@ class Field:
     choices: tuple | None = None
     grid: tuple | None = None  # values a sweep searches when not pinned
     check: Callable[[Any], str | None] | None = None  # returns a problem
+    # A set of choices (repeatable flag, or commas): always one pinned value,
+    # the chosen names joined by commas; never a sweep grid.
+    multiple: bool = False
 
     def parse_one(self, text: str) -> Any:
         text = text.strip()
@@ -71,7 +78,24 @@ class Field:
         self.validate(value)
         return value
 
+    def parse_set(self, text: str) -> str:
+        """A multiple field's names (commas, `all`, `none`) as its value:
+        the chosen choices joined by commas, in the order of `choices`."""
+        names = {t.strip() for t in str(text).split(",") if t.strip()}
+        if "all" in names:
+            return ",".join(self.choices)
+        names.discard("none")
+        for name in sorted(names):
+            if name not in self.choices:
+                raise UsageError(
+                    f"unknown {self.name} '{name}' (valid: "
+                    f"{', '.join(self.choices)}, all, none)")
+        return ",".join(c for c in self.choices if c in names)
+
     def validate(self, value: Any) -> None:
+        if self.multiple:
+            self.parse_set(value)
+            return
         if self.choices is not None and value not in self.choices:
             raise UsageError(f"unknown {self.name} '{value}' "
                              f"(valid: {', '.join(map(str, self.choices))})")
@@ -81,6 +105,8 @@ class Field:
 
     def parse(self, text: str) -> tuple:
         """Parses a flag's text into the tuple of values it names."""
+        if self.multiple:
+            return (self.parse_set(text),)
         if text.strip().lower() == "all":
             if self.choices is None and self.type is not bool:
                 raise UsageError(f"--{self.name}=all: this field has no list "
@@ -180,6 +206,15 @@ FIELDS: tuple[Field, ...] = (
     Field("use_xla", bool, True, "Compile the train step with XLA."),
     Field("steps_per_execution", int, 8, "Train steps per compiled call.",
           check=_positive),
+    # Diagnostics (trackers.py): logged per epoch to history.csv and
+    # TensorBoard; off by default, and free when off.
+    Field("tracker", str, "", "Diagnostics to log: repeat the flag "
+          "(--tracker=bp_cosine --tracker=norms) or separate by commas.",
+          choices=TRACKERS, multiple=True),
+    Field("tracker_every", int, 50, "Measure the trackers on one training "
+          "step in this many (at least once per epoch).", check=_positive),
+    Field("histogram_freq", int, 1, "Epochs between activation histograms "
+          "(--tracker=histograms).", check=_positive),
 )
 
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
@@ -246,12 +281,20 @@ def define_flags(flag_values=None) -> None:
             continue
         choices = f" One of: {', '.join(map(str, field.choices))}, or all." \
             if field.choices else ""
+        if field.multiple:
+            choices = f" Any of: {', '.join(field.choices)}; all or none."
         grid = f" Sweep grid: {','.join(map(str, field.grid))}." \
             if field.grid else ""
-        flag = flags.Flag(
-            flags.ArgumentParser(), flags.ArgumentSerializer(), field.name,
-            None, f"{field.help}{choices} Default: {field.default}.{grid}",
-            boolean=field.type is bool)
+        default = field.default if field.default != "" else "none"
+        help_text = f"{field.help}{choices} Default: {default}.{grid}"
+        if field.multiple:  # repeatable: its value is a list of strings
+            flag = flags.MultiFlag(
+                flags.ArgumentParser(), flags.ArgumentSerializer(),
+                field.name, None, help_text)
+        else:
+            flag = flags.Flag(
+                flags.ArgumentParser(), flags.ArgumentSerializer(),
+                field.name, None, help_text, boolean=field.type is bool)
         flags.DEFINE_flag(flag, flag_values)
 
 
@@ -262,6 +305,8 @@ def given_on_command_line(flag_values=None) -> dict[str, tuple]:
     given = {}
     for field in FIELDS:
         text = flag_values[field.name].value
+        if isinstance(text, list):  # a repeated (multiple) field
+            text = ",".join(text)
         if text is not None:
             given[field.name] = field.parse(str(text))
     return given
@@ -282,3 +327,13 @@ def search_space(given: Mapping[str, Sequence]) -> dict[str, tuple]:
     default alone."""
     return {f.name: tuple(given.get(f.name) or f.grid or (f.default,))
             for f in FIELDS}
+
+
+def grid(space: Mapping[str, Sequence], is_valid=lambda config: True):
+    """Every valid configuration of the space, in a fixed order (the order of
+    the fields, then of each field's values)."""
+    names = list(space)
+    for combination in itertools.product(*(space[n] for n in names)):
+        config = dict(zip(names, combination))
+        if is_valid(config):
+            yield config

@@ -10,7 +10,6 @@ mutated.
 
 from __future__ import annotations
 
-import itertools
 from typing import Mapping, Sequence
 
 import keras_tuner
@@ -36,13 +35,3 @@ class ProjectionHyperModel(keras_tuner.HyperModel):
         """Names of the fields that vary in this sweep."""
         return [name for name, values in self.space.items()
                 if len(values) > 1]
-
-
-def grid(space: Mapping[str, Sequence], is_valid=lambda config: True):
-    """Every valid configuration of the space, in a fixed order (the order of
-    the fields, then of each field's values)."""
-    names = list(space)
-    for combination in itertools.product(*(space[n] for n in names)):
-        config = dict(zip(names, combination))
-        if is_valid(config):
-            yield config

@@ -82,6 +82,9 @@ class ProjectionModel(keras.Model):
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.MeanMetricWrapper(error_rate, name="error_rate")]
             if self.classify else [])
+        # Diagnostics (trackers.py): a trackers.Trackers, or None.  Read when
+        # a step is traced, so None adds no op and no metric to the step.
+        self.diagnostics = None
 
     # --- Building and saving ------------------------------------------------
 
@@ -105,6 +108,8 @@ class ProjectionModel(keras.Model):
         super().compile(optimizer=optimizer, **kw)
         self.feedback_optimizer = feedback_optimizer
         self._compile_kw = kw
+        for block in self.blocks:  # max pooling that is fast under XLA
+            block.reshape_pool = bool(self.jit_compile)
 
     def get_compile_config(self):
         if not self.compiled:
@@ -125,13 +130,21 @@ class ProjectionModel(keras.Model):
             **config)
         # Build the optimizers now so that their saved state (moments,
         # step counts) is restored into them.
-        self.optimizer.build(self.forward_variables)
-        if self.feedback_optimizer is not None:
+        self.build_optimizers()
+
+    def build_optimizers(self):
+        """Creates the optimizers' slots (before loading saved state)."""
+        if not self.optimizer.built:
+            self.optimizer.build(self.forward_variables)
+        if (self.feedback_optimizer is not None
+                and not self.feedback_optimizer.built):
             self.feedback_optimizer.build(self.learned_feedback)
 
     @property
     def metrics(self):
-        return [self.loss_tracker, *self.extra_metrics]
+        return [self.loss_tracker, *self.extra_metrics,
+                *(self.diagnostics.metrics if self.diagnostics is not None
+                  else [])]
 
     @property
     def forward_variables(self):
@@ -194,12 +207,16 @@ class ProjectionModel(keras.Model):
         target = self.target(y)
         probe = self.rule.tangent_probe(self.seed_generator)
         with (probe or contextlib.nullcontext()), \
-                tf.GradientTape(persistent=not self.rule.chained) as tape:
+                tf.GradientTape(persistent=not self.rule.chained
+                                or self.diagnostics is not None) as tape:
             hidden, z = self.forward(x, training=training, probe=probe)
             loss = self.global_loss(target, z)
         grads, feedback_grads = self.rule_gradients(
             tape, loss, hidden, z, target, probe)
-        return Step(grads, feedback_grads, loss, target, z, hidden)
+        step = Step(grads, feedback_grads, loss, target, z, hidden)
+        if self.diagnostics is not None:  # trackers.py (before any update)
+            self.diagnostics.observe(self, tape, step)
+        return step
 
     def rule_gradients(self, tape, loss, hidden, z, target, probe=None):
         """Gradients for `forward_variables` and for `learned_feedback`."""
@@ -223,8 +240,12 @@ class ProjectionModel(keras.Model):
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         target = self.target(y)
-        _, z = self.forward(x, training=False)
-        return self.update_metrics(self.global_loss(target, z), target, z)
+        hidden, z = self.forward(x, training=False)
+        logs = self.update_metrics(self.global_loss(target, z), target, z)
+        if self.diagnostics is not None:  # trackers.py: local losses
+            logs = self.diagnostics.observe_test(self, hidden, z, target,
+                                                 logs)
+        return logs
 
     def update_metrics(self, loss, target, z):
         self.loss_tracker.update_state(

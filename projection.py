@@ -27,6 +27,8 @@ nothing else in the framework knows rules by name.
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -283,13 +285,32 @@ class TangentProbe:
         return self._accumulator.__exit__(*exc)
 
     def perturb(self, h):
-        u = keras.random.normal(tf.shape(h), seed=self.seed_generator)
+        u = standard_normal(tf.shape(h), self.seed_generator)
         self.directions.append(u)
         return h + self.scale * u
 
     def tangents(self, z):
         d = self._accumulator.jvp(z)
         return [(u, d) for u in self.directions]
+
+
+def standard_normal(shape, seed_generator):
+    """N(0, 1) samples: Box-Muller on Philox uniforms, seeded by the model.
+
+    Not keras.random.normal: it asks TF for the auto-selected stateless
+    generator, which XLA on CPU runs about 25× slower than Philox (about
+    100 ms for 128×1000 samples, more than a whole training step), and
+    Philox's own normals cost 3× Box-Muller on its uniforms.  Same
+    distribution, another random stream (measured on 2 CPU cores)."""
+    seed = tf.cast(tf.math.floormod(seed_generator.next(), tf.int32.max - 1),
+                   tf.int32)
+    count = tf.reduce_prod(shape)
+    u = tf.random.stateless_uniform((2, (count + 1) // 2), seed=seed,
+                                    alg="philox")
+    radius = tf.sqrt(-2.0 * tf.math.log1p(-u[0]))  # u in [0, 1): finite
+    angle = (2.0 * math.pi) * u[1]
+    pairs = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)
+    return tf.reshape(pairs[:count], shape)
 
 
 def output_function(name: str):

@@ -1,13 +1,49 @@
 #!/usr/bin/env bash
 # Runs a grid sweep into a folder:  ./train.bash DIR [--field=value ...]
+#
 # Sets up .venv/ on first use.  Fields given are pinned (one value) or set
-# their grid (a,b,c or all); see hparams.py.
-set -euo pipefail
+# their grid (a,b,c or all); see hparams.py.  If the sweep crashes, it is
+# started again (up to BPFREE_MAX_RESTARTS times, default 5) and continues
+# where it stopped; the reason of each crash is printed.  A bad setting
+# (exit 2) or an interrupt (Ctrl-C, SIGTERM) is not retried.
+set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 if [[ $# -lt 1 || "$1" == -* ]]; then
   echo "usage: ./train.bash SWEEP_DIR [--field=value ...]   (fields: hparams.py)" >&2
   exit 2
 fi
 sweep_dir="$1"; shift
-scripts/ensure_env.sh
-exec .venv/bin/python tune.py --sweep_dir="$sweep_dir" "$@"
+scripts/ensure_env.sh || exit $?
+
+max_restarts="${BPFREE_MAX_RESTARTS:-5}"
+stderr_log="$(mktemp)"
+trap 'rm -f "$stderr_log"' EXIT
+
+crash_reason() {  # exit status -> words, with the last error line if any
+  local status="$1" reason
+  if (( status > 128 )); then
+    reason="killed by signal $(kill -l $((status - 128)) 2>/dev/null || echo $((status - 128)))"
+  else
+    reason="exit status $status"
+  fi
+  local last
+  last="$(grep -E '^[A-Za-z_.]+(Error|Exception|Exit)\b|^error:' "$stderr_log" | tail -n 1)"
+  [[ -n "$last" ]] && reason="$reason: $last"
+  echo "$reason"
+}
+
+for (( attempt = 0; ; attempt++ )); do
+  .venv/bin/python tune.py --sweep_dir="$sweep_dir" "$@" 2> >(tee "$stderr_log" >&2)
+  status=$?
+  wait  # let tee flush the log
+  case "$status" in
+    0) exit 0 ;;
+    2|130|143) exit "$status" ;;  # bad input, Ctrl-C, SIGTERM: not a crash
+  esac
+  echo "train.bash: the sweep crashed ($(crash_reason "$status"))" >&2
+  if (( attempt >= max_restarts )); then
+    echo "train.bash: giving up after $max_restarts restarts; rerun the same command to continue" >&2
+    exit "$status"
+  fi
+  echo "train.bash: restarting it ($((attempt + 1))/$max_restarts); finished trials are kept" >&2
+done

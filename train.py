@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -75,17 +74,27 @@ def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
                                  hp["weight_decay"]),
         feedback_optimizer=feedback_optimizer, jit_compile=hp["use_xla"],
         steps_per_execution=hp["steps_per_execution"])
+    import trackers
+    trackers.attach(model, hp, steps_per_epoch)  # --tracker; none: no-op
     return model
 
 
-def train_and_evaluate(hp, workdir, verbose="auto", callbacks=()):
-    """Trains one configuration into `workdir`; returns its metrics."""
+def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
+                       hparams_session=True):
+    """Trains one configuration into `workdir`; returns its metrics.
+
+    A workdir left by a killed run resumes from its last finished epoch;
+    one that holds a finished run is refused (nothing is overwritten).
+    `hparams_session` makes the run its own HParams session in TensorBoard
+    (a sweep makes one per trial instead)."""
     import atomic
     import dataloader
     hparams_lib.check(hp)
     dataloader.load_arrays(hp)  # a missing file is refused before TF loads
-    import keras
     check_settings(hp)
+    if os.path.exists(os.path.join(workdir, "metrics.json")):
+        raise UsageError(f"{workdir} already holds a finished run "
+                         "(metrics.json); choose another --workdir")
     data = dataloader.load(hp)  # nothing is written before this
     created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -96,29 +105,64 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=()):
         if created:
             shutil.rmtree(workdir, ignore_errors=True)
         raise
-    start = time.time()
-    history = model.fit(
-        data.train, epochs=hp["epochs"], validation_data=data.validation,
-        shuffle=False,  # the pipeline shuffles, seeded
-        verbose=verbose, callbacks=[
-            keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv")),
-            keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
-                                        write_graph=False),
-            *callbacks])
-    train_seconds = time.time() - start
+    history = fit(model, data, hp, workdir, verbose, callbacks,
+                  hparams_session)
     metrics = final_metrics(model, data, history)
-    metrics.update(train_seconds=round(train_seconds, 2),
-                   epochs_run=len(history.epoch), hparams=dict(hp))
+    metrics.update(hparams=dict(hp))
     with atomic.replacing(os.path.join(workdir, "model.keras"),
                           suffix=".keras") as tmp:
         model.save(tmp)
     atomic.write_json(os.path.join(workdir, "metrics.json"), metrics)
+    if hparams_session:
+        import board
+        board.end_session(os.path.join(workdir, "tensorboard"), metrics,
+                          failed=metrics["diverged"])
+    shutil.rmtree(os.path.join(workdir, "backup"), ignore_errors=True)
     return metrics
 
 
+def fit(model, data, hp, workdir, verbose, callbacks, hparams_session):
+    """model.fit with the logging and crash-resume callbacks; returns the
+    run's whole history (all attempts) as a DataFrame."""
+    import keras
+
+    import resume
+    import trackers
+    backup = resume.AtomicBackupAndRestore(os.path.join(workdir, "backup"))
+    start_epoch = backup.restored_epoch()
+    history_csv = os.path.join(workdir, "history.csv")
+    logdir = os.path.join(workdir, "tensorboard")
+    if start_epoch == 0:  # leftovers of an attempt that finished no epoch
+        for stale in (history_csv, logdir):
+            if os.path.isdir(stale):
+                shutil.rmtree(stale)
+            elif os.path.exists(stale):
+                os.remove(stale)
+    if hparams_session:
+        import board
+        board.start_session(logdir, dict(hp),
+                            os.path.basename(os.path.abspath(workdir)))
+    resume.log_attempt(workdir, start_epoch)
+    model.fit(
+        data.train, epochs=hp["epochs"], validation_data=data.validation,
+        shuffle=False,  # the pipeline shuffles, by (seed, epoch)
+        verbose=verbose, callbacks=[
+            keras.callbacks.TerminateOnNaN(),
+            resume.EpochOrder(data),
+            keras.callbacks.CSVLogger(history_csv, append=True),
+            trackers.TensorBoard(  # Keras' callback, tracker tags kept
+                logdir, sample=data.test, write_graph=False,
+                histogram_freq=(hp.get("histogram_freq", 1)
+                                if model.diagnostics is not None
+                                and model.diagnostics.histograms else 0)),
+            *callbacks,
+            backup])  # last: an epoch is backed up once it is logged
+    return resume.tidy_history(history_csv, backup.train_seconds())
+
+
 def final_metrics(model, data, history) -> dict:
-    """Train (inference mode), validation and test metrics after training."""
+    """Train (inference mode), validation and test metrics after training,
+    and whether (and when) the loss diverged."""
     metrics = {}
     splits = {"train": data.train, "val": data.validation, "test": data.test}
     for split, ds in splits.items():
@@ -129,8 +173,18 @@ def final_metrics(model, data, history) -> dict:
         metrics.update({f"{prefix}{k}": float(v) for k, v in values.items()})
     if not model.classify:
         metrics["mean_image_test_loss"] = data.mean_image_test_loss
-    metrics["diverged"] = bool(model.stop_training and any(
-        v != v for v in history.history.get("loss", [])[-1:]))
+    import numpy as np
+    losses = history["loss"].to_numpy(dtype=float) if "loss" in history \
+        else np.array([])
+    bad = np.flatnonzero(~np.isfinite(losses))
+    metrics["diverged"] = bool(bad.size)
+    if bad.size:
+        metrics["diverged_reason"] = (
+            f"diverged: training loss became {losses[bad[0]]} in epoch "
+            f"{int(history['epoch'].iloc[bad[0]]) + 1} (TerminateOnNaN "
+            "stopped it)")
+    metrics["epochs_run"] = int(len(history))
+    metrics["train_seconds"] = round(float(history.attrs["train_seconds"]), 2)
     return metrics
 
 

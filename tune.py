@@ -2,30 +2,82 @@
 
     python tune.py --sweep_dir=data/exp --dataset=digits --algorithm=dfa
 
-(`train.bash` wraps this.)  Layout of the sweep folder:
+(`train.bash` wraps this and reruns it after a crash.)  Layout of the
+sweep folder:
 
-    tuner/                 keras-tuner's oracle and trial records
-    trials/<id>/exec<k>/   one train.py run per execution (metrics.json,
-                           history.csv, model.keras, tensorboard/)
-    results.csv            one row per execution: hyperparameters, metrics
+    sweep.json              the grid, in order, its id, and every command
+                            that ran it (with package versions, code revision)
+    tuner/                  keras-tuner's oracle and trial records
+    trials/<trial>/         one HParams session per trial (TensorBoard)
+    trials/<trial>/exec<k>/ one run per execution seed: metrics.json,
+                            history.csv, model.keras, tensorboard/, backup/
+                            while it runs, failure.json if it failed
+    results.csv             one row per execution, rebuilt after every trial
 
-`tensorboard --logdir data/exp/trials` shows every trial.
+Rerunning the same command continues the sweep: configurations already
+finished (or failed) are not run again, and an interrupted run resumes from
+its last finished epoch.  Trial names are `t<index in the grid>-<sweep id>`,
+stable across reruns and unique across sweeps.  `tensorboard --logdir DIR`
+shows every trial, side by side in the HParams tab.
+
+Distributed: start the same command with KERASTUNER_TUNER_ID=chief (it
+serves the grid) and with KERASTUNER_TUNER_ID=worker<k> on every worker, all
+with KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT set to the chief's
+address; the sweep folder must be shared (same path on every machine).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import faults  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
 from hparams import UsageError  # noqa: E402
 
 SWEEP_LEVEL = ("objective", "executions_per_trial")  # one value per sweep
+SWEEP_FILE = "sweep.json"
+RESULTS_FILE = "results.csv"
+WORKER_WAIT_SECONDS = 300  # how long a worker waits for the chief's grid
+
+
+def values_hash(values) -> str:
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- The grid, persisted ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Sweep:
+    """A sweep folder's fixed plan: the grid in order, and its id."""
+
+    path: str
+    sweep_id: str
+    configs: list  # dicts, in grid order
+    searched: list  # names of the fields that vary
+    objective: str
+
+    def trial_name(self, index: int) -> str:
+        return f"t{index:03d}-{self.sweep_id}"
+
+    def index_of(self, values) -> int:
+        wanted = values_hash({k: values[k] for k in self.configs[0]})
+        for index, config in enumerate(self.configs):
+            if values_hash(config) == wanted:
+                return index
+        raise KeyError(f"configuration not in the grid of {self.path}")
+
+    def trial_dir(self, index: int) -> str:
+        return os.path.join(self.path, "trials", self.trial_name(index))
 
 
 def config_is_valid(config) -> bool:
@@ -39,9 +91,8 @@ def config_is_valid(config) -> bool:
 
 def first_problem(space) -> str:
     """Why no configuration of the space is valid."""
-    import hypermodels
     import train
-    config = next(hypermodels.grid(space))
+    config = next(hparams_lib.grid(space))
     try:
         train.check_settings(config)
     except UsageError as error:
@@ -49,58 +100,224 @@ def first_problem(space) -> str:
     return "no valid configuration"
 
 
-def values_hash(values) -> str:
-    text = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def invocation() -> dict:
+    """What ran the sweep: command, versions, code revision, machine."""
+    import importlib.metadata
+    import platform
+    import subprocess
+    versions = {}
+    for package in ("tensorflow", "keras", "keras-tuner", "tensorboard",
+                    "numpy", "pandas", "tensorflow-datasets",
+                    "scikit-learn"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", here, *args], check=True,
+                                  capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return {"command": [sys.executable, *sys.argv], "cwd": os.getcwd(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": platform.node(), "python": platform.python_version(),
+            "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"),
+            "versions": versions, "git_revision": git("rev-parse", "HEAD"),
+            "git_dirty": bool(git("status", "--porcelain"))}
 
 
-def make_oracle(objective, configs):
+def open_sweep(sweep_dir, configs, space) -> Sweep:
+    """Reads the folder's plan, or writes it on first use.
+
+    keras-tuner's GridSearch loses its order on reload (its issue #1055):
+    the order lives here instead, fixed when the sweep starts.  A rerun with
+    flags that make another grid is refused rather than mixed in.  In
+    distributed mode only the chief (or a lone process) writes the plan;
+    workers wait for it.
+    """
+    import atomic
+    import keras_tuner
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    is_worker = (keras_tuner.src.distribute.utils.has_chief_oracle()
+                 and not keras_tuner.src.distribute.utils.is_chief_oracle())
+    if is_worker:
+        wait_for(path, WORKER_WAIT_SECONDS)
+    plan = read_json(path)
+    configs = [dict(c) for c in json.loads(json.dumps(configs, default=str))]
+    if plan is None:
+        plan = {"sweep_id": os.urandom(3).hex(), "grid": configs,
+                "space": {k: list(v) for k, v in space.items()},
+                "objective": space["objective"][0], "invocations": []}
+    elif [values_hash(c) for c in plan["grid"]] != \
+            [values_hash(c) for c in configs]:
+        raise UsageError(
+            f"{sweep_dir} holds another sweep ({len(plan['grid'])} "
+            f"configuration(s)); rerun it with the flags in "
+            f"{path} or use a new folder")
+    if not is_worker:
+        plan["invocations"].append(invocation())
+        atomic.write_json(path, plan)
+    searched = [name for name, values in plan["space"].items()
+                if len(values) > 1]
+    return Sweep(sweep_dir, plan["sweep_id"], plan["grid"], searched,
+                 plan["objective"])
+
+
+def check_same_sweep(sweep_dir, space) -> None:
+    """Refuses, before TensorFlow loads, to mix another grid into a sweep
+    folder (open_sweep checks the grid itself again)."""
+    plan = read_json(os.path.join(sweep_dir, SWEEP_FILE))
+    if plan is not None and values_hash(plan["space"]) != values_hash(
+            {k: list(v) for k, v in space.items()}):
+        changed = sorted(k for k in space
+                         if values_hash(plan["space"].get(k))
+                         != values_hash(list(space[k])))
+        raise UsageError(
+            f"{sweep_dir} holds another sweep (other {', '.join(changed)}); "
+            f"rerun it with the flags in "
+            f"{os.path.join(sweep_dir, SWEEP_FILE)} or use a new folder")
+
+
+def read_json(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def wait_for(path, seconds):
+    deadline = time.time() + seconds
+    while not os.path.exists(path):
+        if time.time() > deadline:
+            raise UsageError(f"{path} did not appear within {seconds} s: "
+                             "start the chief first, with the same "
+                             "--sweep_dir on a shared folder")
+        time.sleep(0.5)
+
+
+# --- keras-tuner --------------------------------------------------------------
+
+
+def make_atomic_tuner_state() -> None:
+    """keras-tuner writes its oracle, tuner and trial records in place, so a
+    kill during a write leaves JSON it cannot reload.  Route its one JSON
+    writer through an atomic write."""
+    import atomic
+    from keras_tuner.src import utils as kt_utils
+
+    def save_json(path, obj):
+        text = json.dumps(obj)
+        atomic.write_text(path, text)
+        return text
+    kt_utils.save_json = save_json
+
+
+def make_oracle(sweep: Sweep):
     import keras_tuner
 
     class GridOracle(keras_tuner.Oracle):
-        """Walks a fixed list of configurations, skipping those already
+        """Walks the sweep's persisted grid, skipping configurations already
         tried (matched by their values, so a rerun never repeats one)."""
 
         def populate_space(self, trial_id):
-            for config in configs:
+            for config in sweep.configs:
                 if self._compute_values_hash(config) not in \
                         self._tried_so_far:
                     return {"status": "RUNNING", "values": dict(config)}
             return {"status": "STOPPED"}
 
-    direction = "min"
-    return GridOracle(objective=keras_tuner.Objective(objective, direction),
-                      max_trials=len(configs),
-                      max_consecutive_failed_trials=len(configs) + 1)
+    n = len(sweep.configs)
+    return GridOracle(objective=keras_tuner.Objective(sweep.objective, "min"),
+                      max_trials=n, max_consecutive_failed_trials=n + 1)
 
 
-def make_tuner(hypermodel, oracle, sweep_dir, overwrite=False):
+def make_tuner(hypermodel, oracle, sweep: Sweep, verbose=2):
     import keras_tuner
 
-    import train
-
     class SweepTuner(keras_tuner.engine.base_tuner.BaseTuner):
-        """Runs each trial through train.train_and_evaluate, once per
-        execution seed; the objective is the mean over executions."""
+        """Runs each trial's executions; the objective is their mean."""
 
         def run_trial(self, trial, *args, **kwargs):
-            hp = self.hypermodel.build(trial.hyperparameters)
-            objective = self.oracle.objective.name
-            scores = []
-            for execution in range(hp.executions_per_trial):
-                run_hp = hp.replace(seed=hp.seed + execution)
-                workdir = execution_dir(sweep_dir, trial.trial_id, execution)
-                metrics = train.train_and_evaluate(run_hp, workdir,
-                                                   verbose=2)
-                scores.append(objective_value(metrics, objective))
-            return {objective: sum(scores) / len(scores)}
+            return run_trial(sweep, self.hypermodel.build(
+                trial.hyperparameters), verbose)
 
-    return SweepTuner(oracle, hypermodel, directory=sweep_dir,
-                      project_name="tuner", overwrite=overwrite)
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            write_results(sweep)
+            faults.point("trial_end")
+
+    return SweepTuner(oracle, hypermodel, directory=sweep.path,
+                      project_name="tuner", overwrite=False)
 
 
-def execution_dir(sweep_dir, trial_id, execution):
-    return os.path.join(sweep_dir, "trials", trial_id, f"exec{execution}")
+# --- Trials -------------------------------------------------------------------
+
+
+def execution_dir(sweep: Sweep, index: int, execution: int) -> str:
+    return os.path.join(sweep.trial_dir(index), f"exec{execution}")
+
+
+def run_trial(sweep: Sweep, hp, verbose) -> dict:
+    """Every execution seed of one configuration; a failed one fails the
+    trial with its reason.  Executions already finished are read, not
+    rerun."""
+    import board
+    import keras_tuner
+    index = sweep.index_of(hp)
+    name = sweep.trial_name(index)
+    results = []
+    failure = None
+    for execution in range(hp.executions_per_trial):
+        workdir = execution_dir(sweep, index, execution)
+        metrics, failure = run_execution(
+            hp.replace(seed=hp.seed + execution), workdir, verbose)
+        if failure:
+            break
+        results.append(metrics)
+    session = sweep.trial_dir(index)
+    board.start_session(session, dict(hp), name)
+    board.end_session(session, mean_metrics(results), failed=bool(failure))
+    if failure:
+        raise keras_tuner.errors.FailedTrialError(f"{name}: {failure}")
+    values = [objective_value(m, sweep.objective) for m in results]
+    return {sweep.objective: sum(values) / len(values)}
+
+
+def run_execution(hp, workdir, verbose):
+    """(metrics, failure reason or None) of one run, reusing a finished
+    one.  A failure is written to failure.json before it is reported."""
+    import atomic
+    import train
+    failed = read_json(os.path.join(workdir, "failure.json"))
+    if failed:
+        return None, failed["reason"]
+    metrics = read_json(os.path.join(workdir, "metrics.json"))
+    if metrics is None:
+        try:
+            metrics = train.train_and_evaluate(hp, workdir, verbose=verbose,
+                                               hparams_session=False)
+        except Exception as error:  # a trial's crash must not end the sweep
+            reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            atomic.write_json(os.path.join(workdir, "failure.json"),
+                              {"reason": reason})
+            return None, reason
+    if metrics.get("diverged"):
+        reason = metrics["diverged_reason"]
+        atomic.write_json(os.path.join(workdir, "failure.json"),
+                          {"reason": reason})
+        return None, reason
+    return metrics, None
+
+
+def mean_metrics(results) -> dict:
+    names = {k for m in results for k, v in m.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: sum(m[k] for m in results) / len(results) for k in names
+            if all(k in m for m in results)} if results else {}
 
 
 def objective_value(metrics, objective) -> float:
@@ -108,30 +325,56 @@ def objective_value(metrics, objective) -> float:
     return float("nan") if value is None else float(value)
 
 
-def results_table(sweep_dir, tuner):
-    """One row per execution: status, hyperparameters, final metrics."""
+# --- Results ------------------------------------------------------------------
+
+
+def results_table(sweep_dir):
+    """One row per execution started so far: trial name, status,
+    hyperparameters, final metrics, failure reason.  Built from the trial
+    folders alone, so it works while a sweep runs or after it was
+    interrupted.  Best first by the objective; failures last."""
     import pandas as pd
+    plan = read_json(os.path.join(sweep_dir, SWEEP_FILE))
+    if plan is None:
+        raise UsageError(f"{sweep_dir} is not a sweep folder (no "
+                         f"{SWEEP_FILE})")
+    sweep = Sweep(sweep_dir, plan["sweep_id"], plan["grid"], [],
+                  plan["objective"])
     rows = []
-    for trial in tuner.oracle.trials.values():
-        base = {"trial_id": trial.trial_id, "status": trial.status,
-                **trial.hyperparameters.values}
-        executions = int(base.get("executions_per_trial", 1))
-        for execution in range(executions):
-            path = os.path.join(execution_dir(sweep_dir, trial.trial_id,
-                                              execution), "metrics.json")
-            row = {**base, "execution": execution}
-            if os.path.exists(path):
-                with open(path) as f:
-                    metrics = json.load(f)
-                row.update({k: v for k, v in metrics.items()
-                            if k != "hparams"})
-            elif trial.message:
-                row["failure"] = trial.message.strip().splitlines()[-1]
-            rows.append(row)
+    for index, config in enumerate(sweep.configs):
+        for execution in range(int(config.get("executions_per_trial", 1))):
+            workdir = execution_dir(sweep, index, execution)
+            if os.path.isdir(workdir):
+                rows.append(execution_row(sweep, index, execution, config,
+                                          workdir))
     frame = pd.DataFrame(rows)
-    objective = tuner.oracle.objective.name
-    if objective in frame:
-        frame = frame.sort_values(objective, kind="stable")
+    if frame.empty:
+        return frame
+    frame["_rank"] = frame["status"].map(
+        {"COMPLETED": 0, "INCOMPLETE": 1, "FAILED": 2})
+    order = ["_rank", sweep.objective] if sweep.objective in frame \
+        else ["_rank"]
+    return frame.sort_values(order, kind="stable").drop(columns="_rank")
+
+
+def execution_row(sweep, index, execution, config, workdir) -> dict:
+    row = {"trial_id": sweep.trial_name(index), "execution": execution,
+           "status": "INCOMPLETE", **config,
+           "seed": config["seed"] + execution}
+    failure = read_json(os.path.join(workdir, "failure.json"))
+    metrics = read_json(os.path.join(workdir, "metrics.json"))
+    if metrics:
+        row.update({k: v for k, v in metrics.items() if k != "hparams"})
+        row["status"] = "COMPLETED"
+    if failure:
+        row.update(status="FAILED", failure=failure["reason"])
+    return row
+
+
+def write_results(sweep: Sweep):
+    import atomic
+    frame = results_table(sweep.path)
+    atomic.write_csv(os.path.join(sweep.path, RESULTS_FILE), frame)
     return frame
 
 
@@ -143,39 +386,55 @@ def show_table(frame, searched) -> str:
         index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def run_sweep(given, sweep_dir, verbose=True):
-    """Validates the sweep, runs the trials not yet done, writes results."""
-    import atomic
-    import dataloader
-    import hypermodels
+# --- The sweep ----------------------------------------------------------------
+
+
+def plan_grid(given):
+    """The space and its valid configurations, in order; refuses a sweep
+    that cannot run."""
     for name in SWEEP_LEVEL:
         if len(given.get(name, ())) > 1:
             raise UsageError(f"--{name} takes one value per sweep")
     space = hparams_lib.search_space(given)
-    configs = list(hypermodels.grid(space, config_is_valid))
+    configs = list(hparams_lib.grid(space, config_is_valid))
     if not configs:
-        raise UsageError(f"no valid configuration to run: {first_problem(space)}")
+        raise UsageError(
+            f"no valid configuration to run: {first_problem(space)}")
+    return space, configs
+
+
+def run_sweep(given, sweep_dir, verbose=True):
+    """Validates the sweep, runs the trials not yet done, writes results."""
+    import dataloader
+    check_same_sweep(sweep_dir, hparams_lib.search_space(given))
+    space, configs = plan_grid(given)
     for dataset in sorted({c["dataset"] for c in configs}):
         dataloader.load_arrays({**configs[0], "dataset": dataset})
-    hypermodel = hypermodels.ProjectionHyperModel(space)
     created = not os.path.exists(sweep_dir)
     try:
-        tuner = make_tuner(hypermodel, make_oracle(space["objective"][0],
-                                                   configs), sweep_dir)
+        sweep = open_sweep(sweep_dir, configs, space)
+        make_atomic_tuner_state()
+        import hypermodels
+        tuner = make_tuner(hypermodels.ProjectionHyperModel(space),
+                           make_oracle(sweep), sweep,
+                           verbose=2 if verbose else 0)
     except Exception:
         if created:
             shutil.rmtree(sweep_dir, ignore_errors=True)
         raise
+    import board  # (TensorFlow: only once the sweep is known to be valid)
+    board.write_experiment(os.path.join(sweep_dir, "trials"), space,
+                           board.FINAL_METRICS)
     if verbose:
-        print(f"Sweep {sweep_dir}: {len(configs)} configuration(s) over "
-              f"{', '.join(hypermodel.searched()) or 'nothing'}",
+        print(f"Sweep {sweep_dir} ({sweep.sweep_id}): {len(configs)} "
+              f"configuration(s) over {', '.join(sweep.searched) or 'nothing'}",
               flush=True)
-    tuner.search()
-    frame = results_table(sweep_dir, tuner)
-    atomic.write_csv(os.path.join(sweep_dir, "results.csv"), frame)
-    if verbose:
-        print(show_table(frame, hypermodel.searched()))
-        print(f"Results: {os.path.join(sweep_dir, 'results.csv')}")
+    faults.point("startup")
+    tuner.search(verbose=1 if verbose else 0)
+    frame = write_results(sweep)
+    if verbose and not frame.empty:
+        print(show_table(frame, sweep.searched))
+        print(f"Results: {os.path.join(sweep_dir, RESULTS_FILE)}")
     return frame
 
 

@@ -1,0 +1,420 @@
+"""Diagnostics every rule reports the same way: how its updates align with
+backprop's (../shared/design/algorithms.md, "Diagnostics").
+
+    python train.py --algorithm=dfa --tracker=all --tracker_every=50 ...
+
+`--tracker` (repeatable, or comma-separated; `all`) chooses among:
+
+  bp_cosine         bp_cosine/<layer>: cosine between the rule's gradient of
+                    W_l (what the optimizer receives) and the true BP
+                    gradient of W_l, on the same batch and forward pass.
+  signal_cosine     signal_cosine/<block>: cosine between the teaching
+                    signal at h_l (∂ℓ_l/∂h_l; for fa/kp the error that B
+                    sends back) and BP's ∂L/∂h_l, the batch as one vector.
+  weight_alignment  weight_alignment/<layer>: fa/kp cos(vec W_l, vec B_l)
+                    (B has W's shape, dense and conv); direct rules
+                    cos(vec W_l, vec B_{l-1} B_lᵀ) for dense blocks l ≥ 2
+                    (both n_{l-1} × n_l) and cos(vec W_o, vec B_L) at the
+                    output (both n_L × C); bp: 1, its feedback is W itself.
+                    Not defined, so not logged: block1 of a direct rule (no
+                    B_0), and a direct rule's conv block l ≥ 2 (W_l is a
+                    k×k kernel, B_{l-1} B_lᵀ a dense map between whole
+                    feature maps).  fa's block1 stays near 0: its B
+                    would send errors to the input, so it is never used
+                    (kp moves it with W, so it aligns).
+  norms             weight_norm/<layer> = ‖W_l‖ and update_norm/<layer> =
+                    ‖g_l‖, g_l the rule's gradient (before the optimizer).
+  local_loss        local_loss/<block>: ℓ_l of a direct rule, on training
+                    steps and on validation (val_local_loss/...).  Chained
+                    rules (bp, fa, kp) have no local loss.
+  histograms        activations/<block>: histograms of h_l on a fixed test
+                    batch every `histogram_freq` epochs, with Keras' weight
+                    histograms.
+
+<layer> is `block1`, `block2`, ... (the arch's blocks) or `output`; only
+kernels are compared (biases are not).  The scalars are means over the
+measured steps of an epoch: history.csv has them as columns, TensorBoard
+under the same tags (`TensorBoard` below; train/ and validation/ runs).
+
+Cost.  The model's step reads `model.diagnostics` when it is traced: with
+no tracker it is None and the compiled step is the one without this module.
+With trackers, one training step in `tracker_every` (a tf.cond on the
+optimizer's step counter, inside the compiled step; other steps run an
+empty branch) takes one more backward pass (two for fa/kp) and a few
+reductions, and updates the metrics; every step keeps its tape persistent.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import keras
+import tensorflow as tf
+
+import hparams as hparams_lib
+import layers as layers_lib
+
+SCALAR_TAGS = {  # tracker: the tag families it logs
+    "bp_cosine": ("bp_cosine",),
+    "signal_cosine": ("signal_cosine",),
+    "weight_alignment": ("weight_alignment",),
+    "norms": ("weight_norm", "update_norm"),
+    "local_loss": ("local_loss",),
+    "histograms": (),
+}
+
+
+def parse(text: str) -> tuple[str, ...]:
+    """The tracker names of a `--tracker` value ('' is none)."""
+    value = hparams_lib.FIELDS_BY_NAME["tracker"].parse_set(text or "")
+    return tuple(name for name in value.split(",") if name)
+
+
+def layer_names(model) -> list[str]:
+    """`block1`, ..., `output`: one per dense/conv layer."""
+    return [block.name for block in model.blocks] + ["output"]
+
+
+def linear_layers(model) -> list:
+    return [block.layer for block in model.blocks] + [model.output_layer]
+
+
+def cosine(a, b):
+    """cos(vec a, vec b); 0 when either is 0."""
+    a, b = tf.reshape(a, [-1]), tf.reshape(b, [-1])
+    return tf.math.divide_no_nan(tf.reduce_sum(a * b),
+                                 tf.norm(a) * tf.norm(b))
+
+
+def alignment_pairs(model) -> dict:
+    """{layer: (W, B-like) as callables} where weight alignment is defined;
+    bp's is the constant 1 (an empty callable pair)."""
+    names, linear = layer_names(model), linear_layers(model)
+    if model.rule.kernel_feedback:  # fa, kp: B has W's shape
+        return {name: (lambda l=l: l.kernel, lambda l=l: l.backward_kernel)
+                for name, l in zip(names, linear)}
+    if model.rule.chained:  # bp
+        return {name: None for name in names}
+    feedback = [p.feedback for p in model.projections]
+    pairs = {}
+    for index in range(1, len(model.blocks)):
+        if model.blocks[index].spec["kind"] == "dense":
+            pairs[names[index]] = (
+                lambda i=index: linear[i].kernel,
+                lambda i=index: tf.matmul(feedback[i - 1], feedback[i],
+                                          transpose_b=True))
+    pairs["output"] = (lambda: model.output_layer.kernel,
+                       lambda: feedback[-1])
+    return pairs
+
+
+class Trackers:
+    """The trackers of one model: its metrics and what fills them.
+
+    `observe` (in `compute_gradients`, before the optimizer moves anything)
+    and `observe_test` (in `test_step`) are called by the model.
+    """
+
+    def __init__(self, model, names: Sequence[str], every: int = 1,
+                 histogram_freq: int = 1):
+        unknown = set(names) - set(SCALAR_TAGS)
+        if unknown:
+            raise hparams_lib.UsageError(
+                f"unknown tracker(s) {sorted(unknown)} (valid: "
+                f"{', '.join(SCALAR_TAGS)})")
+        self.names = tuple(n for n in SCALAR_TAGS if n in names)
+        self.every = max(int(every), 1)
+        self.histograms = "histograms" in self.names
+        self.histogram_freq = max(int(histogram_freq), 1)  # epochs
+        layers, hidden = layer_names(model), layer_names(model)[:-1]
+        direct = not model.rule.chained
+        self.pairs = alignment_pairs(model)
+        tags = []
+        if "bp_cosine" in self.names:
+            tags += [f"bp_cosine/{n}" for n in layers]
+        if "signal_cosine" in self.names:
+            tags += [f"signal_cosine/{n}" for n in hidden]
+        if "weight_alignment" in self.names:
+            tags += [f"weight_alignment/{n}" for n in self.pairs]
+        if "norms" in self.names:
+            tags += [f"{kind}/{n}" for kind in ("weight_norm", "update_norm")
+                     for n in layers]
+        self.test_tags = ([f"local_loss/{n}" for n in hidden]
+                          if "local_loss" in self.names and direct else [])
+        self.tags = tags + self.test_tags  # what training steps log
+        self.by_tag = {tag: keras.metrics.Mean(name=tag) for tag in self.tags}
+
+    @property
+    def metrics(self) -> list:
+        return list(self.by_tag.values())
+
+    # --- Training steps -----------------------------------------------------
+
+    def observe(self, model, tape, step) -> None:
+        """Measures one step in `every` into the metrics (traced only when
+        the model has trackers)."""
+        if not self.tags:
+            return
+        with tf.name_scope("trackers"):
+            optimizer = getattr(model, "optimizer", None)
+            if self.every == 1 or optimizer is None:
+                self.record(model, tape, step)
+                return
+            due = tf.equal(tf.math.floormod(
+                tf.convert_to_tensor(optimizer.iterations), self.every), 0)
+            # Measured and recorded only on due steps: other steps run an
+            # empty branch.
+            tf.cond(due, lambda: self.record(model, tape, step),
+                    lambda: tf.constant(False))
+
+    def record(self, model, tape, step):
+        values = self.measure(model, tape, step)
+        for tag in self.tags:
+            self.by_tag[tag].update_state(values[tag])
+        return tf.constant(True)
+
+    def measure(self, model, tape, step) -> dict:
+        """{tag: scalar} of one step, from its (persistent) tape."""
+        names = layer_names(model)
+        kernels = [layer.kernel for layer in linear_layers(model)]
+        by_id = {id(v): g for v, g in zip(model.forward_variables,
+                                          step.grads)}
+        updates = [by_id[id(k)] for k in kernels]
+        values = {}
+        need_bp = {"bp_cosine", "signal_cosine"} & set(self.names)
+        if need_bp:
+            with layers_lib.true_gradient():  # fa/kp: back through W
+                true = tape.gradient(step.loss, [*kernels, *step.hidden])
+            true_w, true_h = true[:len(kernels)], true[len(kernels):]
+        if "bp_cosine" in self.names:
+            for name, g, t in zip(names, updates, true_w):
+                values[f"bp_cosine/{name}"] = cosine(g, t)
+        if "signal_cosine" in self.names or self.test_tags:
+            signals, losses = self.teaching_signals(model, tape, step)
+            if "signal_cosine" in self.names:
+                for name, s, t in zip(names, signals, true_h):
+                    values[f"signal_cosine/{name}"] = cosine(s, t)
+            for tag, loss in zip(self.test_tags, losses):
+                values[tag] = loss
+        if "weight_alignment" in self.names:
+            for name, pair in self.pairs.items():
+                values[f"weight_alignment/{name}"] = (
+                    tf.ones(()) if pair is None
+                    else cosine(pair[0](), pair[1]()))
+        if "norms" in self.names:
+            for name, w, g in zip(names, kernels, updates):
+                values[f"weight_norm/{name}"] = tf.norm(w)
+                values[f"update_norm/{name}"] = tf.norm(g)
+        return {tag: tf.cast(v, tf.float32) for tag, v in values.items()}
+
+    @staticmethod
+    def teaching_signals(model, tape, step):
+        """(δ_l per hidden block, ℓ_l per block or []) as the rule made
+        them: chained rules' error at h_l, direct rules' ∂ℓ_l/∂h_l."""
+        if model.rule.chained:
+            return tape.gradient(step.loss, step.hidden), []
+        error = tape.gradient(step.loss, step.z)
+        signals, losses = [], []
+        for proj, h in zip(model.projections, step.hidden):
+            with tf.GradientTape() as local:
+                local.watch(h)
+                loss = proj.local_loss(proj(h), error, step.target)
+            signals.append(local.gradient(loss, h))
+            losses.append(loss)
+        return signals, losses
+
+    # --- Evaluation ---------------------------------------------------------
+
+    def observe_test(self, model, hidden, z, target, logs) -> dict:
+        """Local losses on evaluation batches; the logs of a test step
+        (only the metrics a test step fills)."""
+        if self.test_tags:
+            with tf.name_scope("trackers"):
+                with tf.GradientTape() as tape:
+                    tape.watch(z)
+                    loss = model.global_loss(target, z)
+                error = tape.gradient(loss, z)
+                n = tf.cast(tf.shape(z)[0], tf.float32)
+                for tag, proj, h in zip(self.test_tags, model.projections,
+                                        hidden):
+                    self.by_tag[tag].update_state(
+                        proj.local_loss(proj(h), error, target),
+                        sample_weight=n)
+        logs = {k: v for k, v in logs.items() if k not in self.by_tag}
+        logs.update({tag: self.by_tag[tag].result() for tag in self.test_tags})
+        return logs
+
+
+def attach(model, hp, steps_per_epoch=None) -> Trackers | None:
+    """Gives `model` the trackers of `hp` (before its step is traced);
+    `tracker_every` is capped at an epoch so every epoch has a value."""
+    names = parse(hp.get("tracker", ""))
+    if not names:
+        model.diagnostics = None
+        return None
+    every = int(hp.get("tracker_every", 1))
+    if steps_per_epoch:
+        every = min(every, int(steps_per_epoch))
+    model.diagnostics = Trackers(model, names, every,
+                                 hp.get("histogram_freq", 1))
+    model.train_function = model.test_function = None  # retrace
+    return model.diagnostics
+
+
+# --- TensorBoard -------------------------------------------------------------
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, except that tracker scalars keep their
+    own tags (`bp_cosine/block1`, not `epoch_bp_cosine/block1`) and, with
+    the `histograms` tracker, the hidden outputs of a fixed batch (the first
+    of `sample`, a dataset) are histogrammed as `activations/<block>` every
+    `histogram_freq` epochs of the trackers (Keras' own `histogram_freq`
+    histograms the weights)."""
+
+    def __init__(self, log_dir, sample=None, **kw):
+        super().__init__(log_dir, **kw)
+        self.sample = sample
+        self._tracker_writers = None
+        self._sample_x = None
+
+    def _trackers(self):
+        return getattr(self.model, "diagnostics", None)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._trackers() is not None:
+            self._tracker_writers = {
+                run: tf.summary.create_file_writer(
+                    os.path.join(self.log_dir, run))
+                for run in ("train", "validation")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        trackers = self._trackers()
+        if trackers is None or self._tracker_writers is None:
+            return super().on_epoch_end(epoch, logs)
+        logs = dict(logs or {})
+        own = {"train": {}, "validation": {}}
+        for key in list(logs):
+            tag = key[4:] if key.startswith("val_") else key
+            if tag in trackers.by_tag:
+                run = "validation" if key.startswith("val_") else "train"
+                own[run][tag] = logs.pop(key)
+        super().on_epoch_end(epoch, logs)
+        for run, values in own.items():
+            with self._tracker_writers[run].as_default():
+                for tag, value in sorted(values.items()):
+                    tf.summary.scalar(tag, value, step=epoch)
+        if (trackers.histograms and self.sample is not None
+                and epoch % trackers.histogram_freq == 0):
+            self._log_activations(epoch)
+        for writer in self._tracker_writers.values():
+            writer.flush()
+
+    def _log_activations(self, epoch):
+        if self._sample_x is None:
+            batch = next(iter(self.sample))
+            self._sample_x = batch[0] if isinstance(batch, tuple) else batch
+        hidden, _ = self.model.forward(self._sample_x, training=False)
+        with self._tracker_writers["train"].as_default():
+            for name, h in zip(layer_names(self.model), hidden):
+                tf.summary.histogram(f"activations/{name}", h, step=epoch)
+
+    def on_test_end(self, logs=None):
+        # Keras would log validation trackers again, as
+        # evaluation_local_loss/block1_vs_iterations.
+        trackers = self._trackers()
+        if trackers is not None and logs:
+            logs = {k: v for k, v in logs.items() if k not in trackers.by_tag}
+        super().on_test_end(logs)
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        for writer in (self._tracker_writers or {}).values():
+            writer.close()
+        self._tracker_writers = None
+
+
+# --- Reading and plotting ----------------------------------------------------
+
+
+def columns(frame, tracker: str, layers: str = "hidden") -> list[str]:
+    """The history columns of one tag family (e.g. `bp_cosine`): hidden
+    blocks only (`hidden`) or every layer (`all`); validation columns
+    excluded."""
+    found = [c for c in frame.columns if c.startswith(f"{tracker}/")]
+    if layers == "hidden":
+        found = [c for c in found if not c.endswith("/output")]
+    return found
+
+
+def layer_mean(frame, tracker: str, layers: str = "hidden"):
+    """Per epoch, the mean of a tag family over its layers (a Series), or
+    None when the history has none of them."""
+    found = columns(frame, tracker, layers)
+    return frame[found].mean(axis=1) if found else None
+
+
+PLOTTED = (("bp_cosine", "hidden"), ("signal_cosine", "hidden"),
+           ("weight_alignment", "all"))
+
+
+def plot_alignment(histories: Mapping[str, object], path: str,
+                   plotted=PLOTTED) -> str | None:
+    """Alignment over epochs, one line per rule: one panel per tracker
+    (bp_cosine and signal_cosine averaged over hidden blocks,
+    weight_alignment over the layers where it is defined).
+
+    `histories` maps a label (a rule) to a pandas DataFrame read from a
+    run's history.csv, or to a list of them (seeds, trials): then the line
+    is their mean per epoch and a band spans their min and max.  Writes a
+    PNG to `path` and returns it; None (nothing written) when no history
+    has a tracker column.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    import pandas as pd
+
+    panels = []
+    for tracker, layers in plotted:
+        lines = {}
+        for label, frames in histories.items():
+            if isinstance(frames, pd.DataFrame):
+                frames = [frames]
+            curves = [layer_mean(f, tracker, layers) for f in frames]
+            curves = [c.set_axis(f["epoch"] + 1 if "epoch" in f else
+                                 range(1, len(f) + 1))
+                      for c, f in zip(curves, frames) if c is not None]
+            if curves:
+                lines[label] = pd.concat(curves, axis=1)
+        if lines:
+            panels.append((tracker, layers, lines))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(4.2 * len(panels), 3.4))
+    for ax, (tracker, layers, lines) in zip(axes[0], panels):
+        for label, curves in lines.items():
+            mean = curves.mean(axis=1)
+            (line,) = ax.plot(mean.index, mean.values, marker="o",
+                              markersize=3, label=label)
+            if curves.shape[1] > 1:
+                ax.fill_between(mean.index, curves.min(axis=1),
+                                curves.max(axis=1), alpha=0.2,
+                                color=line.get_color())
+        where = "hidden blocks" if layers == "hidden" else "layers"
+        ax.set(title=f"{tracker} (mean over {where})", xlabel="epoch",
+               ylim=(-1.05, 1.05))
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(
+            integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
