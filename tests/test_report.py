@@ -68,3 +68,16 @@ def test_cli_refuses_a_folder_that_is_not_a_sweep(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
     assert not os.listdir(tmp_path)
+
+
+def test_a_sweep_with_trackers_gets_an_alignment_plot(tmp_path):
+    given = {**GIVEN, "executions_per_trial": (1,), "epochs": (1,),
+             "tracker": ("bp_cosine,weight_alignment",),
+             "tracker_every": (5,)}
+    sweep = str(tmp_path / "tracked")
+    tune.run_sweep(given, sweep, verbose=False)
+    written = report.write_report(sweep)
+    with open(written["alignment"], "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    assert not [n for n in os.listdir(os.path.dirname(written["alignment"]))
+                if n.startswith(".tmp")]
