@@ -87,3 +87,8 @@ def test_compiled_steps_do_only_the_multiply_adds_their_rule_needs():
     # DFA: no input gradient at all, only the projected error.
     assert compiled_step_multiply_adds("dfa") == BATCH * (
         2 * forward + signals)
+    # FDFA: as DFA, plus one tangent pass (no matmul for the input, which
+    # carries no tangent) and the estimates uᵀ d: no zero-tangent matmuls.
+    estimates = sum(WIDTHS) * CLASSES
+    assert compiled_step_multiply_adds("fdfa") == BATCH * (
+        3 * forward - first_layer + signals + estimates)

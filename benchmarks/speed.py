@@ -1,0 +1,557 @@
+"""Training throughput and peak memory of every rule, as ratios against BP.
+
+    .venv/bin/python benchmarks/speed.py
+    .venv/bin/python benchmarks/speed.py --rules=bp,dfa --archs=1000-1000-1000
+    .venv/bin/python benchmarks/speed.py --steps=32 --repeats=10 \\
+        --json=runs/speed.json --hparam use_xla=false
+
+For each arch (default: the wide MLP 784-1000-1000-1000-10 and the small CNN
+16C5-P2-64, both on 28×28×1 inputs, batch 128) every rule trains through the
+framework's own path (train.build_model with the hparams defaults: XLA on,
+8 steps per execution; then the compiled function `Model.fit` calls once per
+execution) on random MNIST-shaped data fed by the trainer's own tf.data
+pipeline.  Beside them run a minimal hand-written BP loop (keras layers and
+Adam in one `tf.function` step called per batch; same net, batch and XLA
+setting), which the framework's BP should not trail, and the machine's
+plain matmul rate (a `tf.function` chain of matmuls of the wide layer's
+shape), the roof.
+
+Timing: after compiling, rules are measured in interleaved rounds, each
+round one window of `--steps` steps per rule (and one roof measurement), so
+that load from other processes hits every rule alike.  A rule's ratio to BP
+is taken within each round; the table gives its median over rounds with the
+quartiles, and the ratio of the best windows.
+
+Memory, each rule in a fresh subprocess so that nothing else is resident:
+on GPU the peak of TensorFlow's GPU allocator from model build to the end of
+training; on CPU the peak resident set size (VmHWM, reset after warm-up once
+the XLA compiler's freed memory is handed back to the OS) minus the RSS
+before the model was built, which includes about 150 MB of XLA runtime and
+compiled code whatever the rule.  `--skip_memory` leaves it out.
+
+`--hparam key=value` (repeatable) passes any hparams field to `hparams.make`,
+e.g. `--hparam tracker=bp_cosine` to show what a setting costs.
+`--json FILE` writes {arch: {rule: {samples_per_s, step_time_vs_bp,
+peak_mem_mb, ...}}} atomically; each arch also holds "handwritten_bp", and
+the top-level "_machine" holds the device, the roof per arch and the
+settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import arch as arch_lib  # noqa: E402
+import hparams as hparams_lib  # noqa: E402
+
+DEFAULT_ARCHS = ("1000-1000-1000", "16C5-P2-64")
+INPUT_SHAPE = (28, 28, 1)
+CLASSES = 10
+HANDWRITTEN = "handwritten_bp"
+SYNTHETIC_EXAMPLES = 8192
+
+
+# --- Settings -------------------------------------------------------------
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rules", default=",".join(hparams_lib.ALGORITHMS),
+                        help="comma-separated rules (default: all nine)")
+    parser.add_argument("--archs", default=",".join(DEFAULT_ARCHS),
+                        help="comma-separated arch strings")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=16,
+                        help="train steps per timed window (rounded to "
+                        "whole executions)")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed rounds (each rule one window per "
+                        "round), after compiling")
+    parser.add_argument("--hparam", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="an hparams field passed to hparams.make "
+                        "(repeatable)")
+    parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--skip_memory", action="store_true",
+                        help="leave out the per-rule memory subprocesses")
+    parser.add_argument("--memory_probe", action="store_true",
+                        help=argparse.SUPPRESS)  # one rule, one arch: child
+    args = parser.parse_args(argv)
+    args.rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    for rule in args.rules:
+        if rule not in hparams_lib.ALGORITHMS:
+            parser.error(f"unknown rule '{rule}' (valid: "
+                         f"{', '.join(hparams_lib.ALGORITHMS)})")
+    args.extra = parse_hparam_pairs(args.hparam)
+    return args
+
+
+def parse_hparam_pairs(pairs) -> dict:
+    """{'key': typed value} from ['key=value', ...], typed as flags are."""
+    extra = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in hparams_lib.FIELDS_BY_NAME:
+            raise hparams_lib.UsageError(
+                f"--hparam '{pair}': expected KEY=VALUE with KEY one of "
+                f"{', '.join(hparams_lib.FIELDS_BY_NAME)}")
+        extra[key] = hparams_lib.FIELDS_BY_NAME[key].parse_one(text)
+    return extra
+
+
+def hparams_for(arch, rule, args):
+    return hparams_lib.make(**{"arch": arch, "algorithm": rule,
+                               "batch_size": args.batch_size,
+                               **args.extra})
+
+
+# --- Data -----------------------------------------------------------------
+
+
+def synthetic_data(hp):
+    """Random MNIST-shaped examples through the trainer's own pipeline
+    (dataloader), repeated without end."""
+    import numpy as np
+    import tensorflow as tf
+    import dataloader
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (SYNTHETIC_EXAMPLES, *INPUT_SHAPE)).astype(
+        np.float32)
+    y = np.eye(CLASSES, dtype=np.float32)[
+        rng.integers(0, CLASSES, SYNTHETIC_EXAMPLES)]
+    if hasattr(dataloader, "shuffled_batches"):
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        ds = dataloader.shuffled_batches(x, y, hp["batch_size"], hp["seed"],
+                                         epoch)
+    else:  # the older pipeline: per-example shuffle
+        ds = (tf.data.Dataset.from_tensor_slices((x, y))
+              .shuffle(len(x), seed=hp["seed"]).batch(hp["batch_size"])
+              .prefetch(dataloader.AUTOTUNE))
+    return ds.repeat()
+
+
+# --- Timing ---------------------------------------------------------------
+
+
+class FrameworkRunner:
+    """Runs executions (steps_per_execution steps each) of the compiled
+    function that `Model.fit` calls once per execution."""
+
+    def __init__(self, model, ds, steps_per_execution):
+        self.steps_per_execution = steps_per_execution
+        # One short fit builds the optimizer and metrics and compiles.
+        model.fit(ds, epochs=1, steps_per_epoch=2 * steps_per_execution,
+                  verbose=0, shuffle=False)
+        self.function = model.train_function
+        self.batches = iter(ds)
+        self.execute()  # traces again, for this iterator
+
+    def execute(self):
+        logs = self.function(self.batches)
+        float(logs["loss"])  # waits for the device (GPUs run async)
+
+
+class HandwrittenRunner:
+    """The same executions for the hand-written loop: one Python call of
+    the compiled step per batch."""
+
+    def __init__(self, hp, ds):
+        self.steps_per_execution = hp["steps_per_execution"]
+        self.step = handwritten_bp(hp)
+        self.batches = iter(ds)
+        self.execute()  # compiles
+
+    def execute(self):
+        for _ in range(self.steps_per_execution):
+            loss = self.step(*next(self.batches))
+        float(loss)
+
+
+def seconds_per_step(runner, steps):
+    """Wall time per step of the executions covering `steps` steps."""
+    executions = max(1, round(steps / runner.steps_per_execution))
+    start = time.perf_counter()
+    for _ in range(executions):
+        runner.execute()
+    return ((time.perf_counter() - start)
+            / (executions * runner.steps_per_execution))
+
+
+def handwritten_bp(hp):
+    """The minimal BP loop: keras layers, Adam, one tf.function step."""
+    import keras
+    import tensorflow as tf
+    activation = {"lrelu": "leaky_relu", "swish": "silu"}.get(
+        hp["activation"], hp["activation"])
+    layers = [keras.Input(INPUT_SHAPE)]
+    for spec in arch_lib.parse(hp["arch"]):
+        if spec.kind == "conv":
+            layers.append(keras.layers.Conv2D(spec.units, spec.kernel,
+                                              padding="same",
+                                              activation=activation))
+            if spec.pool:
+                layers.append(keras.layers.MaxPooling2D(spec.pool))
+        else:
+            layers += [keras.layers.Flatten(),
+                       keras.layers.Dense(spec.units, activation=activation)]
+    layers += [keras.layers.Flatten(), keras.layers.Dense(CLASSES)]
+    net = keras.Sequential(layers)
+    optimizer = keras.optimizers.Adam(hp["lr"])
+    optimizer.build(net.trainable_variables)
+
+    @tf.function(jit_compile=hp["use_xla"])
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+                labels=y, logits=net(x, training=True)))
+        grads = tape.gradient(loss, net.trainable_variables)
+        optimizer.apply(grads, net.trainable_variables)
+        return loss
+    return step
+
+
+class MatmulRoof:
+    """GFLOP/s of a tf.function chain of (batch×width)·(width×width)
+    matmuls: the rate the wide MLP's layers could reach at best."""
+
+    def __init__(self, batch, width, use_xla, chain_length=50):
+        import tensorflow as tf
+        self.flops = 2 * batch * width * width * chain_length
+        x = tf.random.normal((batch, width))
+        w = tf.random.normal((width, width)) / math.sqrt(width)
+
+        @tf.function(jit_compile=use_xla)
+        def chain():
+            y = x
+            for _ in range(chain_length):
+                y = tf.matmul(y, w)
+            return y
+        self.chain = chain
+        self.gflops()  # compiles
+
+    def gflops(self):
+        start = time.perf_counter()
+        self.chain().numpy()
+        return self.flops / (time.perf_counter() - start) / 1e9
+
+
+# --- Multiply-adds, for the theory column and achieved GFLOP/s ---------------
+
+
+def layer_macs(arch, input_shape=INPUT_SHAPE, classes=CLASSES):
+    """[(forward MACs per example, output units)] per block, then output."""
+    h, w, c = input_shape
+    flat = h * w * c
+    layers = []
+    for spec in arch_lib.parse(arch):
+        if spec.kind == "conv":
+            macs = h * w * spec.kernel ** 2 * c * spec.units
+            c = spec.units
+            if spec.pool:
+                h, w = h // spec.pool, w // spec.pool
+            flat = h * w * c
+            layers.append((macs, flat))
+        else:
+            layers.append((flat * spec.units, spec.units))
+            flat = spec.units
+    layers.append((flat * classes, classes))
+    return layers
+
+
+def theoretical_macs(rule, arch, classes=CLASSES):
+    """Multiply-adds per example of one training step (matmuls and convs
+    only).  Chained rules: forward, weight gradients, and input gradients
+    of every layer but the first.  Direct rules: forward, weight gradients,
+    and per hidden block the projection h B and the signal e Bᵀ; FDFA adds
+    a forward-mode pass (a forward from block 2 on: the input carries no
+    tangent) and its estimate uᵀ d."""
+    import projection
+    layers = layer_macs(arch, classes=classes)
+    forward = sum(m for m, _ in layers)
+    rule_cls = projection.get(rule)
+    if rule_cls.chained:
+        return 3 * forward - layers[0][0]
+    hidden = sum(units for _, units in layers[:-1])
+    macs = 2 * forward + 2 * hidden * classes
+    probes = (rule_cls.tangent_probe.__func__
+              is not projection.Projection.tangent_probe.__func__)
+    if probes:
+        macs += forward - layers[0][0] + hidden * classes
+    return macs
+
+
+# --- Memory -----------------------------------------------------------------
+
+
+def gpu_present():
+    import tensorflow as tf
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmRSS")
+
+
+def reset_peak_rss():
+    """Hands freed heap back to the OS, then resets the kernel's peak RSS
+    (Linux ≥ 4.0); False where either is unavailable."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM")
+
+
+MEMORY_MEASURES = {
+    "gpu": "peak of TF's GPU allocator, model build to end of training",
+    "rss": "peak RSS after warm-up minus RSS before the model was built",
+}
+
+
+def memory_probe(arch, rule, args):
+    """Peak memory of training `rule` alone (run in a fresh process)."""
+    import tensorflow as tf
+    import train
+    hp = hparams_for(arch, rule, args)
+    ds = synthetic_data(hp)
+    gpu = gpu_present()
+    if gpu:
+        tf.config.experimental.reset_memory_stats("GPU:0")
+    baseline = rss_mb()
+    model = train.build_model(hp, INPUT_SHAPE, CLASSES)
+    runner = FrameworkRunner(model, ds, hp["steps_per_execution"])
+    if not gpu and not reset_peak_rss():
+        raise OSError("cannot reset the peak RSS on this system")
+    seconds_per_step(runner, args.steps)
+    if gpu:
+        peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+        return {"peak_mem_mb": peak, "measure": "gpu"}
+    return {"peak_mem_mb": peak_rss_mb() - baseline, "measure": "rss"}
+
+
+def probe_in_subprocess(arch, rule, args):
+    command = [sys.executable, os.path.abspath(__file__), "--memory_probe",
+               f"--archs={arch}", f"--rules={rule}",
+               f"--batch_size={args.batch_size}", f"--steps={args.steps}",
+               *[f"--hparam={pair}" for pair in args.hparam]]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["?"]
+        print(f"warning: memory probe {arch} {rule} failed: {tail[0]}",
+              file=sys.stderr)
+        return {"peak_mem_mb": None, "measure": None}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- One arch ---------------------------------------------------------------
+
+
+def measure_arch(arch, args):
+    """{rule: {...}} for one arch, from interleaved rounds: in each round
+    every rule (and the hand-written loop) runs `args.steps` steps."""
+    import train
+    base_hp = hparams_for(arch, "bp", args)
+    ds = synthetic_data(base_hp)
+    models, runners = {}, {}
+    for rule in args.rules:
+        hp = hparams_for(arch, rule, args)
+        models[rule] = train.build_model(hp, INPUT_SHAPE, CLASSES)
+        runners[rule] = FrameworkRunner(models[rule], ds,
+                                        hp["steps_per_execution"])
+    runners[HANDWRITTEN] = HandwrittenRunner(base_hp, ds)
+    roof = MatmulRoof(args.batch_size, 1000, base_hp["use_xla"])
+    for runner in runners.values():  # one untimed round: caches, threads
+        seconds_per_step(runner, args.steps)
+    seconds = {name: [] for name in runners}
+    roof_gflops = []
+    for round_index in range(args.repeats):
+        for name, runner in runners.items():
+            seconds[name].append(seconds_per_step(runner, args.steps))
+        roof_gflops.append(roof.gflops())
+        print(f"  {arch} round {round_index + 1}/{args.repeats}: "
+              + " ".join(f"{name}={1e3 * s[-1]:.1f}ms"
+                         for name, s in seconds.items())
+              + f" roof={roof_gflops[-1]:.0f}GFLOP/s",
+              file=sys.stderr, flush=True)
+    results = summarize(arch, seconds, args)
+    for rule, model in models.items():
+        results[rule]["state_mb"] = state_mb(model)
+    return results, statistics.median(roof_gflops)
+
+
+def state_mb(model):
+    """Bytes of every variable the model and its optimizers hold (weights,
+    feedback matrices, optimizer slots), in MB."""
+    variables = list(model.variables) + list(model.optimizer.variables)
+    if model.feedback_optimizer is not None:
+        variables += list(model.feedback_optimizer.variables)
+    unique = {id(v): v for v in variables}.values()
+    return sum(v.numpy().nbytes for v in unique) / 2**20
+
+
+def quartiles(values):
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def summarize(arch, seconds, args):
+    """Per rule: the median step time, and its ratio to BP's taken within
+    each round (median and quartiles over rounds), plus the ratio of the
+    best windows (least disturbed by other processes)."""
+    reference = "bp" if "bp" in seconds else next(iter(seconds))
+    bp_macs = theoretical_macs("bp", arch)
+    results = {}
+    for name, times in seconds.items():
+        ratios = [t / r for t, r in zip(times, seconds[reference])]
+        step = statistics.median(times)
+        q1, q3 = quartiles(ratios)
+        macs = bp_macs if name == HANDWRITTEN else theoretical_macs(name,
+                                                                    arch)
+        results[name] = {
+            "samples_per_s": args.batch_size / step,
+            "step_ms": 1e3 * step,
+            "best_step_ms": 1e3 * min(times),
+            "step_time_vs_bp": statistics.median(ratios),
+            "ratio_q1": q1, "ratio_q3": q3,
+            "best_vs_bp": min(times) / min(seconds[reference]),
+            "macs_vs_bp": macs / bp_macs,
+            "peak_mem_mb": None, "state_mb": None,
+        }
+    return results
+
+
+# --- Report -----------------------------------------------------------------
+
+
+def format_table(arch, results, measure, roof, batch):
+    lines = [f"\narch {arch} (28×28×1 inputs, 10 classes)",
+             f"{'rule':<15}{'samples/s':>10}{'ms/step':>9}{'vs bp':>7}"
+             f"{'quartiles':>12}{'best':>6}{'MACs':>6}{'state MB':>9}"
+             f"{'peak MB':>8}"]
+    for name, r in results.items():
+        lines.append(
+            f"{name:<15}{r['samples_per_s']:>10.0f}{r['step_ms']:>9.2f}"
+            f"{r['step_time_vs_bp']:>7.2f}"
+            f"{r['ratio_q1']:>7.2f}–{r['ratio_q3']:<4.2f}"
+            f"{r['best_vs_bp']:>6.2f}{r['macs_vs_bp']:>6.2f}"
+            f"{_mb(r['state_mb']):>9}{_mb(r['peak_mem_mb']):>8}")
+    lines.append(f"matmul roof ({batch}×1000 · 1000×1000, tf.function, "
+                 f"median over the rounds): {roof:.1f} GFLOP/s")
+    if "bp" in results:
+        flops = (2 * theoretical_macs("bp", arch)
+                 * results["bp"]["samples_per_s"] / 1e9)
+        lines.append(f"BP runs its matmuls/convs at {flops:.1f} GFLOP/s, "
+                     f"{100 * flops / roof:.0f}% of the roof")
+    lines.append("vs bp: median over rounds of (step time / BP's step time "
+                 "in the same round), with its quartiles; best: best window "
+                 "/ BP's best window; MACs: multiply-adds of the step / "
+                 "BP's; state MB: variables and optimizer slots")
+    if measure:
+        lines.append(f"peak MB: {MEMORY_MEASURES[measure]}")
+    lines += check_lines(arch, results)
+    return "\n".join(lines)
+
+
+def _mb(value):
+    return "-" if value is None else f"{value:.0f}"
+
+
+# Step time limits against BP's (the project's speed targets): any rule
+# 1.5, FDFA (an extra forward-mode pass) 2.5, DFA on the wide MLP 0.8 (it
+# needs 0.74× BP's multiply-adds), framework BP against the hand-written 1.1.
+LIMITS = {"fdfa": 2.5, "other": 1.5, "handwritten": 1.1}
+WIDE_MLP_LIMITS = {"dfa": 0.8}
+
+
+def check_lines(arch, results):
+    """One line per speed target: the ratio, the limit, ok or OVER."""
+    if "bp" not in results:
+        return []
+    checks = []
+    if HANDWRITTEN in results:
+        checks.append(("framework BP / hand-written BP",
+                       1 / results[HANDWRITTEN]["step_time_vs_bp"],
+                       LIMITS["handwritten"]))
+    for rule, r in results.items():
+        if rule in ("bp", HANDWRITTEN):
+            continue
+        limit = LIMITS.get(rule, LIMITS["other"])
+        if arch == DEFAULT_ARCHS[0]:
+            limit = WIDE_MLP_LIMITS.get(rule, limit)
+        checks.append((f"{rule} / bp", r["step_time_vs_bp"], limit))
+    return [f"check {name}: {ratio:.2f} (limit {limit}) "
+            f"{'ok' if ratio <= limit else 'OVER'}"
+            for name, ratio, limit in checks]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.archs[0], args.rules[0], args)))
+        return 0
+    import tensorflow as tf
+    base = hparams_for(args.archs[0], "bp", args)
+    device = "GPU" if gpu_present() else f"CPU ({os.cpu_count()} cores)"
+    print(f"device {device}, TF {tf.__version__}; use_xla="
+          f"{base['use_xla']}, steps_per_execution="
+          f"{base['steps_per_execution']}, batch {args.batch_size}, "
+          f"{args.steps} steps × {args.repeats} rounds; extra hparams "
+          f"{args.extra or 'none'}", flush=True)
+    report = {"_machine": {"device": device, "tensorflow": tf.__version__,
+                           "matmul_gflops": {}, "settings": {
+                               k: v for k, v in vars(args).items()
+                               if k != "memory_probe"}}}
+    for arch in args.archs:
+        results, roof = measure_arch(arch, args)
+        measure = None
+        if not args.skip_memory:
+            for rule in args.rules:
+                probe = probe_in_subprocess(arch, rule, args)
+                results[rule]["peak_mem_mb"] = probe["peak_mem_mb"]
+                measure = probe["measure"] or measure
+        report[arch] = results
+        report["_machine"]["matmul_gflops"][arch] = roof
+        print(format_table(arch, results, measure, roof, args.batch_size),
+              flush=True)
+    if args.json:
+        import atomic
+        atomic.write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except hparams_lib.UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
