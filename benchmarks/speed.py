@@ -133,15 +133,9 @@ def synthetic_data(hp):
         np.float32)
     y = np.eye(CLASSES, dtype=np.float32)[
         rng.integers(0, CLASSES, SYNTHETIC_EXAMPLES)]
-    if hasattr(dataloader, "shuffled_batches"):
-        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        ds = dataloader.shuffled_batches(x, y, hp["batch_size"], hp["seed"],
-                                         epoch)
-    else:  # the older pipeline: per-example shuffle
-        ds = (tf.data.Dataset.from_tensor_slices((x, y))
-              .shuffle(len(x), seed=hp["seed"]).batch(hp["batch_size"])
-              .prefetch(dataloader.AUTOTUNE))
-    return ds.repeat()
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    return dataloader.shuffled_batches(x, y, hp["batch_size"], hp["seed"],
+                                       epoch).repeat()
 
 
 # --- Timing ---------------------------------------------------------------
