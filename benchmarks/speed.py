@@ -16,11 +16,12 @@ setting), which the framework's BP should not trail, and the machine's
 plain matmul rate (a `tf.function` chain of matmuls of the wide layer's
 shape), the roof.
 
-Timing: after compiling, rules are measured in interleaved rounds, each
-round one window of `--steps` steps per rule (and one roof measurement), so
-that load from other processes hits every rule alike.  A rule's ratio to BP
-is taken within each round; the table gives its median over rounds with the
-quartiles, and the ratio of the best windows.
+Timing: after compiling, rules are measured in rounds; in each round every
+rule runs two windows of `--steps` steps between two BP windows (BP, rule,
+rule, BP), so that its ratio to BP compares windows a fraction of a second
+apart: on a shared machine other processes come and go faster than a whole
+round.  The table gives the median of these ratios over rounds with their
+quartiles.
 
 Memory, each rule in a fresh subprocess so that nothing else is resident:
 on GPU the peak of TensorFlow's GPU allocator from model build to the end of
@@ -74,12 +75,12 @@ def parse_args(argv):
     parser.add_argument("--archs", default=",".join(DEFAULT_ARCHS),
                         help="comma-separated arch strings")
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=16,
+    parser.add_argument("--steps", type=int, default=8,
                         help="train steps per timed window (rounded to "
                         "whole executions)")
-    parser.add_argument("--repeats", type=int, default=20,
-                        help="timed rounds (each rule one window per "
-                        "round), after compiling")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed rounds, after compiling (each round "
+                        "times every rule twice between two BP windows)")
     parser.add_argument("--hparam", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="an hparams field passed to hparams.make "
@@ -370,8 +371,7 @@ def probe_in_subprocess(arch, rule, args):
 
 
 def measure_arch(arch, args):
-    """{rule: {...}} for one arch, from interleaved rounds: in each round
-    every rule (and the hand-written loop) runs `args.steps` steps."""
+    """{rule: {...}} for one arch, and the roof measured beside it."""
     import train
     base_hp = hparams_for(arch, "bp", args)
     ds = synthetic_data(base_hp)
@@ -385,21 +385,43 @@ def measure_arch(arch, args):
     roof = MatmulRoof(args.batch_size, 1000, base_hp["use_xla"])
     for runner in runners.values():  # one untimed round: caches, threads
         seconds_per_step(runner, args.steps)
-    seconds = {name: [] for name in runners}
-    roof_gflops = []
-    for round_index in range(args.repeats):
-        for name, runner in runners.items():
-            seconds[name].append(seconds_per_step(runner, args.steps))
-        roof_gflops.append(roof.gflops())
-        print(f"  {arch} round {round_index + 1}/{args.repeats}: "
-              + " ".join(f"{name}={1e3 * s[-1]:.1f}ms"
-                         for name, s in seconds.items())
-              + f" roof={roof_gflops[-1]:.0f}GFLOP/s",
-              file=sys.stderr, flush=True)
-    results = summarize(arch, seconds, args)
+    reference = "bp" if "bp" in runners else args.rules[0]
+    seconds, ratios, roof_gflops = paired_rounds(runners, reference, roof,
+                                                 arch, args)
+    results = summarize(arch, seconds, ratios, reference, args)
     for rule, model in models.items():
         results[rule]["state_mb"] = state_mb(model)
     return results, statistics.median(roof_gflops)
+
+
+def paired_rounds(runners, reference, roof, arch, args):
+    """Each round times every runner against the reference in the order
+    reference, runner, runner, reference (a drift in the machine's speed
+    cancels), so that a ratio compares windows a fraction of a second
+    apart; other processes on a shared machine come and go faster than a
+    whole round.  Returns ({name: [seconds per step]}, {name: [ratio per
+    round]}, [roof GFLOP/s per round])."""
+    seconds = {name: [] for name in runners}
+    ratios = {name: [] for name in runners}
+    roof_gflops = []
+    for round_index in range(args.repeats):
+        for name, runner in runners.items():
+            if name == reference:
+                continue
+            windows = [seconds_per_step(r, args.steps) for r in
+                       (runners[reference], runner, runner,
+                        runners[reference])]
+            seconds[reference] += [windows[0], windows[3]]
+            seconds[name] += windows[1:3]
+            ratios[name].append((windows[1] + windows[2])
+                                / (windows[0] + windows[3]))
+        ratios[reference].append(1.0)
+        roof_gflops.append(roof.gflops())
+        print(f"  {arch} round {round_index + 1}/{args.repeats}: "
+              + " ".join(f"{name}={r[-1]:.2f}" for name, r in ratios.items())
+              + f" (× {reference}) roof={roof_gflops[-1]:.0f}GFLOP/s",
+              file=sys.stderr, flush=True)
+    return seconds, ratios, roof_gflops
 
 
 def state_mb(model):
@@ -417,26 +439,22 @@ def quartiles(values):
     return q1, q3
 
 
-def summarize(arch, seconds, args):
-    """Per rule: the median step time, and its ratio to BP's taken within
-    each round (median and quartiles over rounds), plus the ratio of the
-    best windows (least disturbed by other processes)."""
-    reference = "bp" if "bp" in seconds else next(iter(seconds))
+def summarize(arch, seconds, ratios, reference, args):
+    """Per runner: the median step time, and the median and quartiles
+    over rounds of its paired ratio to BP."""
     bp_macs = theoretical_macs("bp", arch)
     results = {}
     for name, times in seconds.items():
-        ratios = [t / r for t, r in zip(times, seconds[reference])]
         step = statistics.median(times)
-        q1, q3 = quartiles(ratios)
+        q1, q3 = quartiles(ratios[name])
         macs = bp_macs if name == HANDWRITTEN else theoretical_macs(name,
                                                                     arch)
         results[name] = {
             "samples_per_s": args.batch_size / step,
             "step_ms": 1e3 * step,
             "best_step_ms": 1e3 * min(times),
-            "step_time_vs_bp": statistics.median(ratios),
+            "step_time_vs_bp": statistics.median(ratios[name]),
             "ratio_q1": q1, "ratio_q3": q3,
-            "best_vs_bp": min(times) / min(seconds[reference]),
             "macs_vs_bp": macs / bp_macs,
             "peak_mem_mb": None, "state_mb": None,
         }
@@ -449,14 +467,14 @@ def summarize(arch, seconds, args):
 def format_table(arch, results, measure, roof, batch):
     lines = [f"\narch {arch} (28×28×1 inputs, 10 classes)",
              f"{'rule':<15}{'samples/s':>10}{'ms/step':>9}{'vs bp':>7}"
-             f"{'quartiles':>12}{'best':>6}{'MACs':>6}{'state MB':>9}"
+             f"{'quartiles':>12}{'MACs':>6}{'state MB':>9}"
              f"{'peak MB':>8}"]
     for name, r in results.items():
         lines.append(
             f"{name:<15}{r['samples_per_s']:>10.0f}{r['step_ms']:>9.2f}"
             f"{r['step_time_vs_bp']:>7.2f}"
             f"{r['ratio_q1']:>7.2f}–{r['ratio_q3']:<4.2f}"
-            f"{r['best_vs_bp']:>6.2f}{r['macs_vs_bp']:>6.2f}"
+            f"{r['macs_vs_bp']:>6.2f}"
             f"{_mb(r['state_mb']):>9}{_mb(r['peak_mem_mb']):>8}")
     lines.append(f"matmul roof ({batch}×1000 · 1000×1000, tf.function, "
                  f"median over the rounds): {roof:.1f} GFLOP/s")
@@ -466,9 +484,9 @@ def format_table(arch, results, measure, roof, batch):
         lines.append(f"BP runs its matmuls/convs at {flops:.1f} GFLOP/s, "
                      f"{100 * flops / roof:.0f}% of the roof")
     lines.append("vs bp: median over rounds of (step time / BP's step time "
-                 "in the same round), with its quartiles; best: best window "
-                 "/ BP's best window; MACs: multiply-adds of the step / "
-                 "BP's; state MB: variables and optimizer slots")
+                 "in adjacent windows), with its quartiles; MACs: "
+                 "multiply-adds of the step / BP's; state MB: variables and "
+                 "optimizer slots")
     if measure:
         lines.append(f"peak MB: {MEMORY_MEASURES[measure]}")
     lines += check_lines(arch, results)
