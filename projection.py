@@ -167,8 +167,10 @@ class KolenPollack(Projection):
     @classmethod
     def warnings(cls, hparams):
         if hparams["weight_decay"] <= 0:
-            return ["kp without weight decay: W and B never converge, so kp "
-                    "behaves like fa (set e.g. --weight_decay=1e-4)"]
+            return ["kp without weight decay: W − B keeps its initial "
+                    "value, so B approaches W only as far as W outgrows "
+                    "its initialisation (--weight_decay=λ > 0 shrinks "
+                    "W − B by lr·λ per step)"]
         return []
 
 
