@@ -47,29 +47,17 @@ def model_with_random_feedback(rule, arch, shape):
     return model
 
 
-def bp_signals(net, x, y):
-    """BP's ∂L/∂h_l at every block's output, in numpy."""
+def chained_signals(net, x, y, feedback="W"):
+    """The error at every block's output, sent back through each layer's
+    `feedback` matrix: "W" gives BP's ∂L/∂h_l, "B" FA/KP's signal."""
     e = reference.error(net.forward(x), y)
-    dh = e @ net.output["W"].T
+    dh = e @ net.output[feedback].T
     signals = [None] * len(net.layers)
     for index in reversed(range(len(net.layers))):
         signals[index] = dh.reshape(net.cache[index]["h"].shape)
         _, _, da = net.block_grads(index, dh)
         if index > 0:
-            dh = net.send_back(index, da, net.layers[index]["W"])
-    return signals
-
-
-def fa_signals(net, x, y):
-    """FA/KP's error at every block's output (sent back through B)."""
-    e = reference.error(net.forward(x), y)
-    dh = e @ net.output["B"].T
-    signals = [None] * len(net.layers)
-    for index in reversed(range(len(net.layers))):
-        signals[index] = dh.reshape(net.cache[index]["h"].shape)
-        _, _, da = net.block_grads(index, dh)
-        if index > 0:
-            dh = net.send_back(index, da, net.layers[index]["B"])
+            dh = net.send_back(index, da, net.layers[index][feedback])
     return signals
 
 
@@ -80,12 +68,13 @@ def expected_values(rule, model, x, y):
     names = trackers.layer_names(model)
     keys = [*range(len(model.blocks)), "out"]
     true = reference.chained_grads(net, x, y, use_backward_kernel=False)
-    signals_bp = bp_signals(net, x, y)
+    signals_bp = chained_signals(net, x, y)
     values = {}
     if rule in ("bp", "fa", "kp"):
         rule_grads = reference.chained_grads(
             net, x, y, use_backward_kernel=rule != "bp")
-        signals = (signals_bp if rule == "bp" else fa_signals(net, x, y))
+        signals = (signals_bp if rule == "bp"
+                   else chained_signals(net, x, y, feedback="B"))
         kernels = [layer["W"] for layer in net.layers] + [net.output["W"]]
         for name, key, w in zip(names, keys, kernels):
             values[f"weight_alignment/{name}"] = (
