@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from hparams import UsageError
+from errors import UsageError
 
 _TOKEN = re.compile(r"^(?:(?P<dense>\d+)|(?P<filters>\d+)C(?P<kernel>\d+)|"
                     r"P(?P<pool>\d+))$")

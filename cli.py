@@ -7,7 +7,7 @@ import sys
 from typing import Callable
 
 import hparams as hparams_lib
-from hparams import UsageError
+from errors import UsageError
 
 
 def make_flags(extra: dict[str, str]):

@@ -18,9 +18,8 @@ import itertools
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-
-class UsageError(ValueError):
-    """A bad setting: its message is the one line shown to the user."""
+import arch
+from errors import UsageError  # noqa: F401  (re-exported)
 
 
 # Choices shared with other modules.  The rules' names come from the
@@ -139,7 +138,6 @@ def _at_least_one(value) -> str | None:
 
 
 def _arch(value) -> str | None:
-    import arch  # local: arch.py is TensorFlow-free, checked here early
     try:
         arch.parse(value)
     except UsageError as error:

@@ -46,7 +46,7 @@ def register(key: str):
 
 
 def get(key: str) -> type["Projection"]:
-    from hparams import UsageError
+    from errors import UsageError
     if key not in RULES:
         raise UsageError(f"unknown algorithm '{key}' "
                          f"(valid: {', '.join(RULES)})")
@@ -118,7 +118,7 @@ class Projection(keras.layers.Layer):
     @classmethod
     def check_settings(cls, hparams):
         """Refuses or warns about settings the rule cannot use."""
-        from hparams import UsageError
+        from errors import UsageError
         if (hparams["problem_type"] == "reconstruction"
                 and not cls.supports_reconstruction):
             raise UsageError(f"algorithm '{cls.key}' cannot train "

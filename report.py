@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 import atomic
-from hparams import UsageError
+from errors import UsageError
 
 METRICS = ("test_accuracy", "test_loss", "val_loss", "val_accuracy", "loss",
            "accuracy", "train_seconds")

@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hparams as hparams_lib  # noqa: E402
-from hparams import UsageError  # noqa: E402
+from errors import UsageError  # noqa: E402
 
 
 def make_optimizer(name, learning_rate, weight_decay):
@@ -89,8 +89,9 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
     (a sweep makes one per trial instead)."""
     import atomic
     import dataloader
+    import datasets
     hparams_lib.check(hp)
-    dataloader.load_arrays(hp)  # a missing file is refused before TF loads
+    datasets.load_arrays(hp)  # a missing file is refused before TF loads
     check_settings(hp)
     if os.path.exists(os.path.join(workdir, "metrics.json")):
         raise UsageError(f"{workdir} already holds a finished run "

@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import faults  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
-from hparams import UsageError  # noqa: E402
+from errors import UsageError  # noqa: E402
 
 SWEEP_LEVEL = ("objective", "executions_per_trial")  # one value per sweep
 SWEEP_FILE = "sweep.json"
@@ -405,11 +405,11 @@ def plan_grid(given):
 
 def run_sweep(given, sweep_dir, verbose=True):
     """Validates the sweep, runs the trials not yet done, writes results."""
-    import dataloader
+    import datasets
     check_same_sweep(sweep_dir, hparams_lib.search_space(given))
     space, configs = plan_grid(given)
     for dataset in sorted({c["dataset"] for c in configs}):
-        dataloader.load_arrays({**configs[0], "dataset": dataset})
+        datasets.load_arrays({**configs[0], "dataset": dataset})
     created = not os.path.exists(sweep_dir)
     try:
         sweep = open_sweep(sweep_dir, configs, space)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import dataloader
+import datasets
 import hparams
 from conftest import SHARED_DATA
 
@@ -34,7 +35,7 @@ def write_cifar(folder, name, n_per_file, classes, label_key, files):
 @pytest.mark.parametrize("packed", [False, True])
 def test_cifar_reads_keras_python_format(dataset, packed, tmp_path):
     sub, tarball, train_files, test_files, key, classes = \
-        dataloader.CIFAR[dataset]
+        datasets.CIFAR[dataset]
     written = write_cifar(str(tmp_path / sub), dataset, 20, classes, key,
                           train_files + test_files)
     if packed:
@@ -43,8 +44,8 @@ def test_cifar_reads_keras_python_format(dataset, packed, tmp_path):
         for f in os.listdir(tmp_path / sub):
             os.remove(tmp_path / sub / f)
         os.rmdir(tmp_path / sub)
-    dataloader._cached_arrays.cache_clear()
-    raw = dataloader.load_arrays(settings(dataset=dataset,
+    datasets._cached_arrays.cache_clear()
+    raw = datasets.load_arrays(settings(dataset=dataset,
                                           data_dir=str(tmp_path)))
     assert raw.x_train.shape == (20 * len(train_files), 32, 32, 3)
     assert raw.num_classes == classes
@@ -57,14 +58,14 @@ def test_cifar_reads_keras_python_format(dataset, packed, tmp_path):
 
 def test_eurosat_through_tfds_mock(tmp_path):
     import tensorflow_datasets as tfds
-    dataloader._cached_arrays.cache_clear()
+    datasets._cached_arrays.cache_clear()
     with tfds.testing.mock_data(num_examples=50):
-        raw = dataloader.load_arrays(settings(dataset="eurosat",
+        raw = datasets.load_arrays(settings(dataset="eurosat",
                                               data_dir=str(tmp_path)))
     assert raw.x_train.shape[1:] == (64, 64, 3)
     assert len(raw.x_train) + len(raw.x_test) == 50
     assert raw.num_classes == 10
-    dataloader._cached_arrays.cache_clear()
+    datasets._cached_arrays.cache_clear()
 
 
 def test_caltech256_image_folder_split_is_seeded_and_disjoint(tmp_path):
@@ -76,10 +77,10 @@ def test_caltech256_image_folder_split_is_seeded_and_disjoint(tmp_path):
         for i in range(10):
             pixels = rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.jpg")
-    dataloader._cached_arrays.cache_clear()
-    raw = dataloader.load_arrays(settings(dataset="caltech256",
+    datasets._cached_arrays.cache_clear()
+    raw = datasets.load_arrays(settings(dataset="caltech256",
                                           data_dir=str(tmp_path)))
-    dataloader._cached_arrays.cache_clear()
+    datasets._cached_arrays.cache_clear()
     assert raw.num_classes == 2  # clutter is not a class
     assert len(raw.x_train) + len(raw.x_test) == 20
     assert raw.x_train.shape[1:] == (64, 64, 3)
@@ -90,7 +91,7 @@ def test_caltech256_image_folder_split_is_seeded_and_disjoint(tmp_path):
 @pytest.mark.skipif(not os.path.exists(SHARED_DATA), reason="no shared data")
 @pytest.mark.parametrize("dataset", ["mnist", "fmnist"])
 def test_shared_mnist_files(dataset):
-    raw = dataloader.load_arrays(settings(dataset=dataset,
+    raw = datasets.load_arrays(settings(dataset=dataset,
                                           data_dir=SHARED_DATA))
     assert raw.x_train.shape == (60000, 28, 28, 1)
     assert raw.x_test.shape == (10000, 28, 28, 1)
@@ -109,23 +110,23 @@ def test_absent_files_are_left_to_keras_loader(dataset, module, monkeypatch,
     grey = np.zeros((4, 28, 28), np.uint8)
     monkeypatch.setattr(getattr(keras.datasets, module), "load_data",
                         lambda: ((grey, np.arange(4)), (grey, np.arange(4))))
-    dataloader._cached_arrays.cache_clear()
-    raw = dataloader.load_arrays(settings(dataset=dataset))
-    dataloader._cached_arrays.cache_clear()
+    datasets._cached_arrays.cache_clear()
+    raw = datasets.load_arrays(settings(dataset=dataset))
+    datasets._cached_arrays.cache_clear()
     assert raw.x_train.shape == (4, 28, 28, 1)
 
     def offline():
         raise OSError("no network")
     monkeypatch.setattr(getattr(keras.datasets, module), "load_data",
                         offline)
-    with pytest.raises(dataloader.DataError, match="download failed"):
-        dataloader.load_arrays(settings(dataset=dataset))
-    dataloader._cached_arrays.cache_clear()
+    with pytest.raises(datasets.DataError, match="download failed"):
+        datasets.load_arrays(settings(dataset=dataset))
+    datasets._cached_arrays.cache_clear()
 
 
 def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(hparams.DATA_DIR_ENV, str(tmp_path))
-    assert dataloader.resolve_dir(settings(dataset="mnist")) == (
+    assert datasets.resolve_dir(settings(dataset="mnist")) == (
         str(tmp_path), True)
 
 
