@@ -7,7 +7,7 @@ import sys
 from typing import Callable
 
 import hparams as hparams_lib
-from errors import UsageError
+from errors import RunFailed, UsageError
 
 
 def make_flags(extra: dict[str, str]):
@@ -37,7 +37,7 @@ def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
             raise UsageError(f"unexpected argument(s) {rest[1:]} (settings "
                              "are given as --name=value; see --help)")
         main(flag_values)
-    except UsageError as error:
+    except (UsageError, RunFailed) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_status
     return 0
