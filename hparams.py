@@ -32,6 +32,9 @@ DATASETS = ("digits", "mnist", "fmnist", "cifar10", "cifar100", "eurosat",
 ACTIVATIONS = ("tanh", "relu", "lrelu", "swish", "sigmoid")
 BW_INITS = ("uniform", "orthogonal", "lecun_normal", "glorot_uniform",
             "he_uniform", "zeros")
+# The forward weights' initialisation (layers.kernel_initializer).
+INITS = ("glorot_uniform", "torch", "he_uniform", "he_normal", "lecun_normal",
+         "orthogonal")
 OPTIMIZERS = ("adam", "sgd", "nesterov")
 SCALERS = ("standard", "zero_one", "identity")
 SKEW_TYPES = ("none", "long_tailed", "step")
@@ -175,11 +178,21 @@ FIELDS: tuple[Field, ...] = (
           choices=ACTIVATIONS, grid=("tanh",)),
     Field("batch_norm", bool, False, "Batch norm in each block.",
           grid=(False, True)),
+    # Keras' convention: moving = m · moving + (1 − m) · batch.  PyTorch's
+    # BatchNorm momentum 0.1 is m = 0.9 here; its eps is 1e-5.
+    Field("bn_momentum", float, 0.99, "Batch norm's moving-average momentum "
+          "(Keras' convention; PyTorch's momentum=0.1 is 0.9).",
+          check=_below_one),
+    Field("bn_epsilon", float, 1e-3, "Batch norm's epsilon (PyTorch: 1e-5).",
+          check=_positive),
     Field("dropout", float, 0.0, "Dropout rate after each block.",
           grid=(0.0,), check=_below_one),
     Field("bw_init", str, "uniform", "Feedback matrix init (uniform = "
           "U(±1/√n)).", choices=BW_INITS, grid=("uniform",)),
     Field("use_bias", bool, True, "Biases in blocks and output layer."),
+    Field("init", str, "glorot_uniform", "Forward weights' initialisation "
+          "(torch = PyTorch's default for Linear/Conv2d: weights and biases "
+          "U(±1/√fan_in)).", choices=INITS),
     # The optimizer.
     Field("optimizer", str, "adam", "Optimizer of the forward weights.",
           choices=OPTIMIZERS),

@@ -39,6 +39,33 @@ def feedback_initializer(name: str, seed: int, fan_in: int):
                                    "config": {"seed": seed}})
 
 
+FORWARD_INITS = ("glorot_uniform", "torch", "he_uniform", "he_normal",
+                 "lecun_normal", "orthogonal")
+
+
+def kernel_initializer(init: str):
+    """The forward kernels' initializer (`--init`), seeded by Keras' global
+    seed (`keras.utils.set_random_seed`) like every other weight.
+
+    `torch` is PyTorch's default for nn.Linear and nn.Conv2d:
+    kaiming_uniform_(a=√5), i.e. gain² = 2/(1 + 5) = 1/3 and
+    U(±√(3 · gain² / fan_in)) = U(±1/√fan_in).  The others are Keras' own.
+    """
+    if init == "torch":
+        return keras.initializers.VarianceScaling(
+            scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+    return init
+
+
+def bias_initializer(init: str, fan_in: int):
+    """The biases' initializer: PyTorch draws them U(±1/√fan_in); Keras'
+    initializations start them at zero."""
+    if init == "torch":
+        bound = 1.0 / math.sqrt(max(fan_in, 1))
+        return keras.initializers.RandomUniform(-bound, bound)
+    return keras.initializers.Zeros()
+
+
 # --- Feedback alignment ops -------------------------------------------------
 # Forward: y = x W.  Backward: dx = dy Bᵀ (B in place of W), dW = xᵀ dy exact
 # given dy.  B gets dW too (Kolen-Pollack) when it is trainable; the tape only
@@ -86,6 +113,45 @@ def feedback_conv2d(x, kernel, backward_kernel):
     return tf.nn.conv2d(x, kernel, strides=1, padding="SAME"), grad
 
 
+class _ForwardInit:
+    """A dense or conv layer initialised by `--init`.  The kernel's
+    initializer is known at construction; `torch` biases need the layer's
+    fan-in, known only when it is built."""
+
+    def _set_init(self, init):
+        self.init = init
+
+    def build(self, input_shape):
+        if self.use_bias:
+            fan_in = input_shape[-1] * math.prod(
+                getattr(self, "kernel_size", ()))
+            self.bias_initializer = bias_initializer(self.init, fan_in)
+        super().build(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "init": self.init}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class Dense(_ForwardInit, keras.layers.Dense):
+    """keras' Dense, initialised by `--init`."""
+
+    def __init__(self, units, init="glorot_uniform", **kw):
+        kw.setdefault("kernel_initializer", kernel_initializer(init))
+        super().__init__(units, **kw)
+        self._set_init(init)
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class Conv2D(_ForwardInit, keras.layers.Conv2D):
+    """keras' Conv2D, initialised by `--init`."""
+
+    def __init__(self, filters, kernel_size, init="glorot_uniform", **kw):
+        kw.setdefault("kernel_initializer", kernel_initializer(init))
+        super().__init__(filters, kernel_size, **kw)
+        self._set_init(init)
+
+
 class _BackwardKernelMixin:
     """Adds `backward_kernel` (B, shape of W), fixed or learned."""
 
@@ -106,7 +172,7 @@ class _BackwardKernelMixin:
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
-class FeedbackDense(_BackwardKernelMixin, keras.layers.Dense):
+class FeedbackDense(_BackwardKernelMixin, Dense):
     """Dense layer whose backward pass uses B instead of W."""
 
     def __init__(self, units, learned=False, bw_init="uniform", seed=0, **kw):
@@ -128,7 +194,7 @@ class FeedbackDense(_BackwardKernelMixin, keras.layers.Dense):
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
-class FeedbackConv2D(_BackwardKernelMixin, keras.layers.Conv2D):
+class FeedbackConv2D(_BackwardKernelMixin, Conv2D):
     """'same' stride-1 Conv2D whose backward pass uses B's kernel."""
 
     def __init__(self, filters, kernel_size, learned=False, bw_init="uniform",
@@ -163,15 +229,19 @@ class Block(keras.layers.Layer):
 
     def __init__(self, kind, units, kernel=0, pool=0, activation="tanh",
                  batch_norm=False, use_bias=True, kernel_feedback=None,
-                 bw_init="uniform", seed=0, **kw):
+                 bw_init="uniform", seed=0, init="glorot_uniform",
+                 bn_momentum=0.99, bn_epsilon=1e-3, **kw):
         super().__init__(**kw)
         self.spec = dict(kind=kind, units=units, kernel=kernel, pool=pool,
                          activation=activation, batch_norm=batch_norm,
                          use_bias=use_bias, kernel_feedback=kernel_feedback,
-                         bw_init=bw_init, seed=seed)
+                         bw_init=bw_init, seed=seed, init=init,
+                         bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
         self.layer = make_linear(kind, units, kernel, use_bias,
-                                 kernel_feedback, bw_init, seed)
-        self.norm = keras.layers.BatchNormalization() if batch_norm else None
+                                 kernel_feedback, bw_init, seed, init)
+        self.norm = (keras.layers.BatchNormalization(
+            momentum=bn_momentum, epsilon=bn_epsilon) if batch_norm
+            else None)
         self.activation = ACTIVATIONS[activation]
         self.pool = keras.layers.MaxPooling2D(pool) if pool else None
         # Set by ProjectionModel.compile: the pool formulation that is fast
@@ -234,18 +304,18 @@ def reshaped_max_pool(h, size):
 
 
 def make_linear(kind, units, kernel=0, use_bias=True, kernel_feedback=None,
-                bw_init="uniform", seed=0):
+                bw_init="uniform", seed=0, init="glorot_uniform"):
     """The dense or conv layer of a block (or the output layer)."""
     if kernel_feedback is None:
         if kind == "dense":
-            return keras.layers.Dense(units, use_bias=use_bias)
-        return keras.layers.Conv2D(units, kernel, padding="same",
-                                   use_bias=use_bias)
+            return Dense(units, init, use_bias=use_bias)
+        return Conv2D(units, kernel, init, padding="same", use_bias=use_bias)
     learned = kernel_feedback == "learned"
     if kind == "dense":
-        return FeedbackDense(units, learned, bw_init, seed, use_bias=use_bias)
+        return FeedbackDense(units, learned, bw_init, seed, use_bias=use_bias,
+                             init=init)
     return FeedbackConv2D(units, kernel, learned, bw_init, seed,
-                          use_bias=use_bias)
+                          use_bias=use_bias, init=init)
 
 
 def blocks_from_arch(arch: str, **block_kw) -> list[Block]:

@@ -48,6 +48,7 @@ class ProjectionModel(keras.Model):
     def __init__(self, arch, algorithm, target_dim, problem_type, input_shape,
                  activation="tanh", batch_norm=False, dropout=0.0,
                  bw_init="uniform", use_bias=True, scaler="zero_one", seed=0,
+                 init="glorot_uniform", bn_momentum=0.99, bn_epsilon=1e-3,
                  **kw):
         super().__init__(**kw)
         self.spec = dict(arch=arch, algorithm=algorithm,
@@ -55,7 +56,8 @@ class ProjectionModel(keras.Model):
                          input_shape=tuple(input_shape), activation=activation,
                          batch_norm=batch_norm, dropout=dropout,
                          bw_init=bw_init, use_bias=use_bias, scaler=scaler,
-                         seed=seed)
+                         seed=seed, init=init, bn_momentum=bn_momentum,
+                         bn_epsilon=bn_epsilon)
         self.rule = projection.get(algorithm)
         self.classify = problem_type == "classification"
         self.output_fn = ("softmax" if self.classify
@@ -63,14 +65,15 @@ class ProjectionModel(keras.Model):
         self.blocks = blocks_from_arch(
             arch, activation=activation, batch_norm=batch_norm,
             use_bias=use_bias, kernel_feedback=self.rule.kernel_feedback,
-            bw_init=bw_init, seed=seed)
+            bw_init=bw_init, seed=seed, init=init, bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon)
         self.dropouts = [keras.layers.Dropout(dropout, seed=seed + i)
                          if dropout else None
                          for i in range(len(self.blocks))]
         self.output_layer = make_linear(
             "dense", target_dim, use_bias=use_bias,
             kernel_feedback=self.rule.kernel_feedback, bw_init=bw_init,
-            seed=seed * 1000 + 999)
+            seed=seed * 1000 + 999, init=init)
         self.projections = [] if self.rule.chained else [
             self.rule(target_dim, bw_init, seed * 1000 + 500 + i,
                       self.output_fn, name=f"projection{i + 1}")

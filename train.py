@@ -59,7 +59,9 @@ def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
         problem_type=hp["problem_type"], input_shape=input_shape,
         activation=hp["activation"], batch_norm=hp["batch_norm"],
         dropout=hp["dropout"], bw_init=hp["bw_init"],
-        use_bias=hp["use_bias"], scaler=hp["scaler"], seed=hp["seed"])
+        use_bias=hp["use_bias"], scaler=hp["scaler"], seed=hp["seed"],
+        init=hp["init"], bn_momentum=hp["bn_momentum"],
+        bn_epsilon=hp["bn_epsilon"])
     model.build()
     feedback_optimizer = None
     if model.learned_feedback:
