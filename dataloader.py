@@ -86,12 +86,29 @@ def validation_split(y: np.ndarray, fraction: float, seed: int):
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def scale(x: np.ndarray, scaler: str, max_value: float) -> np.ndarray:
+def channel_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of raw images (N, H, W, C)
+    (for `normalize`: computed on the training split alone)."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes, dtype=np.float64)
+    std = x.std(axis=axes, dtype=np.float64)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def scale(x: np.ndarray, scaler: str, max_value: float,
+          statistics=None) -> np.ndarray:
+    """Raw values to the network's input scale.  `normalize` needs the
+    training split's `channel_statistics`, as torchvision's Normalize with
+    dataset statistics."""
     x = x.astype(np.float32)
     if scaler == "standard":
         return x * np.float32(2.0 / max_value) - np.float32(1.0)
     if scaler == "zero_one":
         return x * np.float32(1.0 / max_value)
+    if scaler == "normalize":
+        mean, std = statistics
+        return ((x - mean.astype(np.float32)) /
+                std.astype(np.float32)).astype(np.float32)
     if scaler == "identity":
         return x
     raise UsageError(f"unknown scaler '{scaler}' "
@@ -125,14 +142,20 @@ def load(hp) -> Data:
                   else x)
         if shuffle:
             return shuffled_batches(x, target, hp["batch_size"], hp["seed"],
-                                    epoch)
+                                    epoch, augment=augmentation,
+                                    target_is_input=not classify)
         ds = tf.data.Dataset.from_tensor_slices((x, target))
         return ds.batch(hp["batch_size"]).prefetch(AUTOTUNE)
 
-    x_tr = scale(x_tr, hp["scaler"], raw.max_value)
-    x_te = scale(raw.x_test, hp["scaler"], raw.max_value)
+    statistics = (channel_statistics(x_tr) if hp["scaler"] == "normalize"
+                  else None)  # the training split's alone
+
+    def scaled(x):
+        return scale(x, hp["scaler"], raw.max_value, statistics)
+    augmentation = training_augmentation(hp, x_tr, scaled)
+    x_tr, x_te = scaled(x_tr), scaled(raw.x_test)
     if x_val is not None:
-        x_val = scale(x_val, hp["scaler"], raw.max_value)
+        x_val = scaled(x_val)
     baseline = float(np.mean(np.square(x_te - x_tr.mean(axis=0))))
     return Data(
         train=pipeline(x_tr, y_tr, shuffle=True),
@@ -149,7 +172,23 @@ def load(hp) -> Data:
         epoch=epoch)
 
 
-def shuffled_batches(x, target, batch_size, seed, epoch):
+def training_augmentation(hp, x_train, scaled):
+    """`--augment`'s function of a training batch, or None; refuses data
+    that are not images."""
+    import augment
+    if hp["augment"] == "none":
+        return None
+    if x_train.ndim != 4:
+        raise UsageError(f"--augment={hp['augment']} needs images (N, H, W, "
+                         f"C); {hp['dataset']} gives examples of shape "
+                         f"{x_train.shape[1:]} (valid for it: none)")
+    # What a raw 0 pixel becomes: torchvision pads the raw image.
+    pad_value = scaled(np.zeros((1, 1, 1, x_train.shape[-1])))[0, 0, 0]
+    return augment.augmenter(hp["augment"], pad_value)
+
+
+def shuffled_batches(x, target, batch_size, seed, epoch, augment=None,
+                     target_is_input=False):
     """Batches in an order that depends only on (seed, epoch).
 
     The order of a pass is a stateless permutation keyed by the value of the
@@ -157,20 +196,36 @@ def shuffled_batches(x, target, batch_size, seed, epoch):
     exactly the batches an uninterrupted run sees at epoch k.  (tf.data's
     own reshuffling restarts its sequence of orders in a new process.)
     Batches are gathered from the arrays by index, one gather per batch.
+    `augment(images, key)` then transforms each batch with draws keyed by
+    (seed, epoch, batch index), the target too when it is the input.
     """
     import tensorflow as tf
+
+    import augment as augment_lib
     x, target = tf.constant(x), tf.constant(target)
     n = int(x.shape[0])
 
     def order(_):
-        key = tf.stack([tf.constant(seed, tf.int64), epoch.read_value()])
+        pass_epoch = epoch.read_value()
+        key = tf.stack([tf.constant(seed, tf.int64), pass_epoch])
+        indices = tf.random.experimental.stateless_shuffle(tf.range(n),
+                                                           seed=key)
         return tf.data.Dataset.from_tensor_slices(
-            tf.random.experimental.stateless_shuffle(tf.range(n), seed=key))
+            (indices, tf.fill([n], pass_epoch)))
+
+    def gather(batch_index, batch):
+        idx, epochs = batch
+        images = tf.gather(x, idx)
+        if augment is None:
+            return images, tf.gather(target, idx)
+        images = augment(images, augment_lib.batch_key(seed, epochs[0],
+                                                        batch_index))
+        return images, images if target_is_input else tf.gather(target, idx)
 
     # flat_map hides the length; Keras needs it to plan its steps.
     return (tf.data.Dataset.from_tensors(0).flat_map(order)
             .apply(tf.data.experimental.assert_cardinality(n))
             .batch(batch_size)
-            .map(lambda idx: (tf.gather(x, idx), tf.gather(target, idx)),
-                 num_parallel_calls=AUTOTUNE, deterministic=True)
+            .enumerate()
+            .map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
             .prefetch(AUTOTUNE))

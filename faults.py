@@ -5,7 +5,8 @@
 makes the process kill itself with SIGKILL the n-th time (default: first)
 it passes `point(<point>)`.  Unset, `point` does nothing.  The points:
 `startup` (sweep planned, no trial begun), `epoch_end` (an epoch backed
-up), `trial_end` (a trial recorded, the next not begun).
+up), `trial_end` (a trial recorded, the next not begun), `train_batch` (a
+training batch done, mid-epoch; passed only when armed, see `armed`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import signal
 
 ENV = "BPFREE_KILL_AT"
 _passes: collections.Counter = collections.Counter()
+
+
+def armed() -> bool:
+    """Whether a kill is asked for (per-batch points cost nothing then)."""
+    return bool(os.environ.get(ENV))
 
 
 def point(name: str) -> None:

@@ -35,8 +35,11 @@ BW_INITS = ("uniform", "orthogonal", "lecun_normal", "glorot_uniform",
 # The forward weights' initialisation (layers.kernel_initializer).
 INITS = ("glorot_uniform", "torch", "he_uniform", "he_normal", "lecun_normal",
          "orthogonal")
-OPTIMIZERS = ("adam", "sgd", "nesterov")
-SCALERS = ("standard", "zero_one", "identity")
+# torch.optim's semantics (optimizers.py).
+OPTIMIZERS = ("adam", "sgd", "momentum", "nesterov", "adamw")
+LR_SCHEDULES = ("constant", "step", "cosine")
+SCALERS = ("standard", "zero_one", "normalize", "identity")
+AUGMENTS = ("none", "flip", "crop_flip")  # augment.py
 SKEW_TYPES = ("none", "long_tailed", "step")
 OBJECTIVES = ("loss", "val_loss", "error_rate", "val_error_rate")
 PROBLEM_TYPES = ("classification", "reconstruction")
@@ -167,7 +170,12 @@ FIELDS: tuple[Field, ...] = (
     # 2 epochs of MNIST: 0.947 against 0.958; FA's published setting: 74 %
     # against 89 % after one epoch).
     Field("scaler", str, "zero_one", "Input scaling: zero_one = [0, 1], "
-          "standard = [-1, 1], identity = raw values.", choices=SCALERS),
+          "standard = [-1, 1], normalize = per-channel mean 0 and std 1 "
+          "with the training split's statistics, identity = raw values.",
+          choices=SCALERS),
+    Field("augment", str, "none", "Training-set augmentation: flip "
+          "(random horizontal flip) or crop_flip (pad 4, random crop, "
+          "flip), keyed by (seed, epoch).", choices=AUGMENTS),
     # The network.
     Field("algorithm", str, "dfa", "Training rule.", choices=ALGORITHMS,
           grid=("dfa",)),
@@ -193,21 +201,40 @@ FIELDS: tuple[Field, ...] = (
     Field("init", str, "glorot_uniform", "Forward weights' initialisation "
           "(torch = PyTorch's default for Linear/Conv2d: weights and biases "
           "U(±1/√fan_in)).", choices=INITS),
-    # The optimizer.
-    Field("optimizer", str, "adam", "Optimizer of the forward weights.",
-          choices=OPTIMIZERS),
+    # The optimizer (optimizers.py: torch.optim's update rules).
+    Field("optimizer", str, "adam", "Optimizer of the forward weights, as "
+          "torch.optim: momentum = heavy-ball SGD, nesterov = SGD with "
+          "Nesterov momentum.", choices=OPTIMIZERS),
     Field("lr", float, 1e-3, "Learning rate.", grid=(1e-3, 1e-2),
           check=_positive),
-    Field("weight_decay", float, 0.0, "Decoupled weight decay (per step, "
-          "times lr).", check=_non_negative),
+    Field("momentum", float, 0.9, "Momentum of the momentum and nesterov "
+          "optimizers.", check=_below_one),
+    Field("adam_epsilon", float, 1e-7, "Adam's epsilon (PyTorch: 1e-8).",
+          check=_positive),
+    Field("weight_decay", float, 0.0, "Weight decay λ: added to the "
+          "gradient (λW, L2) by sgd, momentum, nesterov and adam; decoupled "
+          "(W ← W(1 − lr·λ)) by adamw; as torch.optim.",
+          check=_non_negative),
+    Field("lr_schedule", str, "constant", "Learning rate per epoch: "
+          "constant, step (× lr_decay every lr_decay_epochs epochs, as "
+          "PyTorch's StepLR) or cosine (to zero over the run).",
+          choices=LR_SCHEDULES),
+    Field("lr_decay", float, 0.1, "Factor of the step schedule.",
+          check=_fraction),
+    Field("lr_decay_epochs", int, 30, "Epochs between the step schedule's "
+          "decays.", check=_positive),
+    Field("warmup_epochs", int, 0, "Epochs of linear warm-up before the "
+          "schedule: epoch e < W trains at lr·(e + 1)/(W + 1).",
+          check=_non_negative),
     Field("fb_optimizer", str, "adam", "Optimizer of learned feedback "
           "matrices (dkp, fdfa).", choices=OPTIMIZERS),
     Field("fb_lr", float, 1e-4, "Learning rate of learned feedback "
           "matrices.", check=_positive),
     Field("fb_weight_decay", float, 1e-6, "Weight decay of learned feedback "
-          "matrices (dkp, fdfa).", check=_non_negative),
-    Field("fb_lr_decay", float, 0.8, "Per-epoch factor of fb_lr.",
-          check=_fraction),
+          "matrices (dkp, fdfa), entering as --weight_decay's does.",
+          check=_non_negative),
+    Field("fb_lr_decay", float, 0.8, "Per-epoch factor of fb_lr (1: "
+          "constant).", check=_fraction),
     Field("batch_size", int, 64, "Batch size.", check=_positive),
     Field("epochs", int, 10, "Training epochs.", check=_positive),
     # The run.

@@ -18,11 +18,12 @@ import math
 import keras
 import tensorflow as tf
 
+import optimizers  # noqa: F401  (registers what a saved model's optimizers are)
 import projection
 from layers import PACKAGE, blocks_from_arch, make_linear
 
 OUTPUT_FUNCTION_OF_SCALER = {"standard": "tanh", "zero_one": "sigmoid",
-                             "identity": "linear"}
+                             "normalize": "linear", "identity": "linear"}
 
 
 @dataclasses.dataclass

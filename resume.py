@@ -111,6 +111,14 @@ class EpochOrder(keras.callbacks.Callback):
         self.data.set_epoch(epoch)
 
 
+class BatchFaultPoint(keras.callbacks.Callback):
+    """Passes faults.point("train_batch") after every training batch (only
+    added when a kill is armed: tests of a kill mid-epoch)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        faults.point("train_batch")
+
+
 def log_attempt(workdir: str, start_epoch: int) -> None:
     """One line per start of a run (an append of one short line)."""
     with open(os.path.join(workdir, ATTEMPTS), "a") as f:

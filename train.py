@@ -21,23 +21,6 @@ import hparams as hparams_lib  # noqa: E402
 from errors import UsageError  # noqa: E402
 
 
-def make_optimizer(name, learning_rate, weight_decay):
-    import keras
-    decay = weight_decay or None
-    makers = {
-        "adam": lambda: keras.optimizers.Adam(learning_rate,
-                                              weight_decay=decay),
-        "sgd": lambda: keras.optimizers.SGD(learning_rate,
-                                            weight_decay=decay),
-        "nesterov": lambda: keras.optimizers.SGD(
-            learning_rate, momentum=0.9, nesterov=True, weight_decay=decay),
-    }
-    if name not in makers:
-        raise UsageError(f"unknown optimizer '{name}' "
-                         f"(valid: {', '.join(makers)})")
-    return makers[name]()
-
-
 def check_settings(hp) -> None:
     """Every refusal that needs no data, before anything is written."""
     import projection
@@ -49,6 +32,7 @@ def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
     """The compiled model of a configuration (single runs and trials)."""
     import keras
     from model import ProjectionModel
+    import optimizers
     import projection
     check_settings(hp)
     for warning in projection.get(hp["algorithm"]).warnings(hp):
@@ -63,22 +47,35 @@ def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
         init=hp["init"], bn_momentum=hp["bn_momentum"],
         bn_epsilon=hp["bn_epsilon"])
     model.build()
+    schedules = learning_rates(hp, steps_per_epoch)
     feedback_optimizer = None
     if model.learned_feedback:
-        # The references decay the feedback learning rate once per epoch.
-        schedule = keras.optimizers.schedules.ExponentialDecay(
-            hp["fb_lr"], decay_steps=max(steps_per_epoch, 1),
-            decay_rate=hp["fb_lr_decay"], staircase=True)
-        feedback_optimizer = make_optimizer(hp["fb_optimizer"], schedule,
-                                            hp["fb_weight_decay"])
+        feedback_optimizer = optimizers.make(
+            hp["fb_optimizer"], schedules["fb_lr"], hp["fb_weight_decay"],
+            hp["momentum"], hp["adam_epsilon"])
     model.compile(
-        optimizer=make_optimizer(hp["optimizer"], hp["lr"],
-                                 hp["weight_decay"]),
+        optimizer=optimizers.make(hp["optimizer"], schedules["lr"],
+                                  hp["weight_decay"], hp["momentum"],
+                                  hp["adam_epsilon"]),
         feedback_optimizer=feedback_optimizer, jit_compile=hp["use_xla"],
         steps_per_execution=hp["steps_per_execution"])
     import trackers
     trackers.attach(model, hp, steps_per_epoch)  # --tracker; none: no-op
     return model
+
+
+def learning_rates(hp, steps_per_epoch=1) -> dict:
+    """{"lr": the forward schedule, "fb_lr": the feedback schedule}, each an
+    optimizers.EpochSchedule.  The feedback matrices keep their own
+    per-epoch decay (the references decay it once per epoch)."""
+    import optimizers
+    return {
+        "lr": optimizers.EpochSchedule(
+            hp["lr"], steps_per_epoch, hp["lr_schedule"], hp["epochs"],
+            hp["warmup_epochs"], hp["lr_decay"], hp["lr_decay_epochs"]),
+        "fb_lr": optimizers.EpochSchedule(
+            hp["fb_lr"], steps_per_epoch, "step", hp["epochs"],
+            decay=hp["fb_lr_decay"], decay_epochs=1)}
 
 
 def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
@@ -129,8 +126,13 @@ def fit(model, data, hp, workdir, verbose, callbacks, hparams_session):
     run's whole history (all attempts) as a DataFrame."""
     import keras
 
+    import faults
+    import optimizers
     import resume
     import trackers
+    schedules = learning_rates(hp, data.steps_per_epoch)
+    if not model.learned_feedback:
+        del schedules["fb_lr"]
     backup = resume.AtomicBackupAndRestore(os.path.join(workdir, "backup"))
     start_epoch = backup.restored_epoch()
     history_csv = os.path.join(workdir, "history.csv")
@@ -152,6 +154,7 @@ def fit(model, data, hp, workdir, verbose, callbacks, hparams_session):
         verbose=verbose, callbacks=[
             keras.callbacks.TerminateOnNaN(),
             resume.EpochOrder(data),
+            optimizers.LearningRateLog(schedules),  # before the loggers
             keras.callbacks.CSVLogger(history_csv, append=True),
             trackers.TensorBoard(  # Keras' callback, tracker tags kept
                 logdir, sample=data.test, write_graph=False,
@@ -159,6 +162,7 @@ def fit(model, data, hp, workdir, verbose, callbacks, hparams_session):
                                 if model.diagnostics is not None
                                 and model.diagnostics.histograms else 0)),
             *callbacks,
+            *([resume.BatchFaultPoint()] if faults.armed() else []),
             backup])  # last: an epoch is backed up once it is logged
     return resume.tidy_history(history_csv, backup.train_seconds())
 
