@@ -170,7 +170,7 @@ class KolenPollack(Projection):
             return ["kp without weight decay: W − B keeps its initial "
                     "value, so B approaches W only as far as W outgrows "
                     "its initialisation (--weight_decay=λ > 0 shrinks "
-                    "W − B by lr·λ per step)"]
+                    "W − B by lr·λ per step under sgd and adamw)"]
         return []
 
 
