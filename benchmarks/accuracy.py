@@ -31,11 +31,8 @@ given.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
-import statistics
 import sys
 import time
 
@@ -45,24 +42,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hparams as hparams_lib  # noqa: E402
 import references  # noqa: E402  (benchmarks/references.py)
+from accuracy_report import CONV_SCALERS, DATASETS, report  # noqa: E402
+from references import FA_SETTING, PUBLISHED_FA  # noqa: E402
 
-PUBLISHED_FA = {1: 88.4, 5: 94.1, 10: 95.9}  # MNIST test accuracy, %
-# Inputs in [0, 1] (scaler=zero_one, the default), as the published MNIST
-# pipelines have them; pinned here so that the report does not change with
-# the default.  With [-1, 1] the background is a constant input of -1 on
-# ~80 % of the pixels, and FA's early, unaligned updates then move every
-# ReLU unit at once: 74 % instead of 89 % after one epoch in this setting.
-FA_SETTING = dict(dataset="mnist", algorithm="fa", arch="128-64",
-                  activation="relu", optimizer="adam", lr=3e-4,
-                  batch_size=64, epochs=10, scaler="zero_one")
 SHARED_SETTING = dict(arch="256-256", activation="tanh", optimizer="adam",
                       lr=1e-3, batch_size=64, epochs=3, scaler="zero_one")
 # Every other field at its default: the run `train.py` makes from these
 # flags alone, with each of the two input scalings.
 CONV_SETTING = dict(dataset="mnist", arch="16C5-P2-64", activation="tanh",
                     optimizer="adam", lr=1e-3, batch_size=64, epochs=1)
-CONV_SCALERS = {"zero_one": "[0, 1]", "standard": "[-1, 1]"}
-DATASETS = {"mnist": "MNIST", "fmnist": "Fashion-MNIST"}
 # Train on all training images: no validation split.
 WHOLE_TRAINING_SPLIT = dict(objective="loss", validation_frac=0.0)
 
@@ -237,208 +225,6 @@ def rules_by_seed(args, started, setting, seeds, folder, label):
             progress(f"{label} {rule} seed {seed}", metrics, started)
             results.setdefault(rule, []).append(metrics)
     return results
-
-
-# --- Report -----------------------------------------------------------------
-
-FDFA_TITLE = "## The FDFA reference's MNIST setting"
-FA_TITLE = "## Feedback alignment in a published setting"
-RULES_TITLE = "## All nine rules, one shared setting"
-CONV_TITLE = "## All nine rules on a small CNN, one epoch"
-SECTION_ORDER = (FDFA_TITLE, FA_TITLE, RULES_TITLE, CONV_TITLE)
-
-
-def mean_std(values):
-    """'mean ± std' in % (sample std over seeds; '' for one seed)."""
-    values = [100 * v for v in values]
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def command_line(argv):
-    python = os.path.relpath(sys.executable, ROOT) \
-        if sys.executable.startswith(ROOT) else sys.executable
-    return shlex.join([python, "benchmarks/accuracy.py", *argv])
-
-
-def training_images(args):
-    if args.examples_frac == 1:
-        return "all 60,000 training images"
-    return f"{args.examples_frac:.0%} of the 60,000 training images"
-
-
-def seeds_text(count):
-    if count == 1:
-        return "seed 0"
-    return f"seeds 0–{count - 1}, mean ± sample std"
-
-
-def fa_section(args, fa_runs):
-    lines = [
-        FA_TITLE, "",
-        f"MNIST, 784-128-64-10, ReLU, Adam lr 3e-4, batch 64, "
-        f"{args.fa_epochs} epochs, inputs in [0, 1] (scaler=zero_one), "
-        "feedback matrices U(±1/√fan_in) (bw_init uniform), every other "
-        f"setting at its default; trained on {training_images(args)} "
-        "(objective=loss: no validation hold-out), test accuracy in % on "
-        "the 10,000 test images after epochs 1, 5 and 10; "
-        f"{seeds_text(args.fa_seeds)}.  The published column holds the "
-        "figures issue 6 quotes for this setting.", "",
-        "| epoch | published | ours | per seed |",
-        "| --- | --- | --- | --- |"]
-    for epoch, published in PUBLISHED_FA.items():
-        values = [m["test_accuracy_by_epoch"].get(epoch) for m in fa_runs]
-        if any(v is None for v in values):
-            lines.append(f"| {epoch} | {published} | (not run) | |")
-            continue
-        seeds = ", ".join(f"{100 * v:.2f}" for v in values)
-        lines.append(f"| {epoch} | {published} | {mean_std(values)} | "
-                     f"{seeds} |")
-    return lines
-
-
-def rules_section(args, results):
-    names = [DATASETS[d] for d in results]
-    lines = [
-        RULES_TITLE, "",
-        f"784-256-256-10, tanh, Adam lr 1e-3, batch 64, {args.epochs} "
-        f"epoch{'s' if args.epochs > 1 else ''}, inputs in [0, 1] "
-        "(scaler=zero_one), every other setting at its default (bw_init "
-        "uniform, fb_lr 1e-4 for dkp/fdfa, no weight decay); trained on "
-        f"{training_images(args)} (objective=loss), test accuracy in % on "
-        f"the 10,000 test images; {seeds_text(args.seeds)}.", "",
-        "| rule | " + " | ".join(names) + " |",
-        "| --- |" + " --- |" * len(names)]
-    rules = list(next(iter(results.values())))
-    for rule in rules:
-        cells = [accuracy_cell(results[dataset][rule]) for dataset in results]
-        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def accuracy_cell(runs):
-    """'mean ± std' of the test accuracy, with the number diverged."""
-    cell = mean_std([m["test_accuracy"] for m in runs])
-    diverged = sum(m.get("diverged", False) for m in runs)
-    return cell + (f" ({diverged} diverged)" if diverged else "")
-
-
-def conv_section(args, results):
-    scalers = list(results)
-    lines = [
-        CONV_TITLE, "",
-        "MNIST, 16C5-P2-64 (16 5×5 filters, 2×2 max pool, 64 units), tanh, "
-        "Adam lr 1e-3, batch 64, 1 epoch, every other setting at its "
-        "default, as `train.py` runs it from these flags alone: 10 % of the "
-        "training images held out for validation (objective val_loss), "
-        "bw_init uniform, fb_lr 1e-4 for dkp/fdfa, no weight decay, no "
-        f"batch norm; trained on {training_images(args)} less the hold-out, "
-        "test accuracy in % on the 10,000 test images; "
-        f"{seeds_text(args.conv_seeds)}.  One column per input scaling "
-        "(`--scaler`): [0, 1] is the default.", "",
-        "| rule | " + " | ".join(f"inputs in {CONV_SCALERS[s]}"
-                                  for s in scalers) + " |",
-        "| --- |" + " --- |" * len(scalers)]
-    for rule in results[scalers[0]]:
-        cells = [accuracy_cell(results[s][rule]) for s in scalers]
-        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def fdfa_section(args, results):
-    """The FDFA reference's numbers beside ours, rule by rule."""
-    base = references.FDFA_MNIST
-    command = shlex.join([".venv/bin/python", "train.py",
-                          "--data_dir=../shared/data",
-                          *references.flags(references.fdfa_mnist("RULE")),
-                          "--seed=S", "--workdir=runs/fdfa_RULE_S"])
-    lines = [
-        FDFA_TITLE, "",
-        "Bacho & Chu's reference implementation (Florian-BACHO/FDFA, "
-        "`networks/fc_mnist.py`): 784-800-800-10, batch norm before ReLU, "
-        "PyTorch's initialisation and batch-norm/Adam constants, Adam lr "
-        "1e-4 × 0.95 per epoch, batch 64, inputs in [-1, 1], "
-        f"{training_images(args)}, {base['epochs'] if not args.quick else 1}"
-        " epochs; DFA's B he_uniform, DKP's and FDFA's B from zeros with "
-        "their own Adam (lr 1e-4, no decay).  The reference column is the "
-        "mean over seeds 0–2 of the reference's own code on a machine like "
-        f"this one (issue 11); the bar is {references.FDFA_MNIST_TOLERANCE} "
-        f"points below it.  Ours: {seeds_text(args.fdfa_seeds)}.  Each run "
-        "is, with RULE's own flags from `benchmarks/references.py`:", "",
-        "```bash", command, "```", "",
-        "| rule | reference | ours | per seed | bar | met |",
-        "| --- | --- | --- | --- | --- | --- |"]
-    for rule, runs in results.items():
-        reference = references.FDFA_MNIST_REFERENCE[rule]
-        bar = reference - references.FDFA_MNIST_TOLERANCE
-        values = [m["test_accuracy"] for m in runs]
-        mean = 100 * statistics.mean(values)
-        seeds = ", ".join(f"{100 * v:.2f}" for v in values)
-        lines.append(f"| {rule} | {reference:.2f} | {accuracy_cell(runs)} | "
-                     f"{seeds} | {bar:.2f} | "
-                     f"{'yes' if mean >= bar else 'no'} |")
-    return lines
-
-
-def training_minutes(fa_runs, results, conv, fdfa=None):
-    runs = fa_runs + [m for rules in [*results.values(), *conv.values(),
-                                      fdfa or {}]
-                      for per_seed in rules.values() for m in per_seed]
-    return sum(m.get("train_seconds", 0) for m in runs) / 60
-
-
-def report(args, argv, fa_runs, results, conv, fdfa, seconds, old=""):
-    """The whole report: a header, then one section per part.  A part this
-    invocation did not run (its seeds set to 0) keeps its section from the
-    `old` report, with the line saying when and how it was produced."""
-    import tensorflow as tf
-    stamp = (f"Produced {datetime.date.today().isoformat()} by "
-             f"`{command_line(argv)}` (TensorFlow {tf.__version__}, "
-             f"{os.cpu_count()} CPU cores"
-             f"{', GPU' if tf.config.list_physical_devices('GPU') else ''}; "
-             "XLA on, 8 steps per execution); training took "
-             f"{training_minutes(fa_runs, results, conv, fdfa):.0f} min "
-             f"summed over its runs, the invocation {seconds / 60:.0f} min.")
-    new = {}
-    if fdfa:
-        new[FDFA_TITLE] = fdfa_section(args, fdfa)
-    if fa_runs:
-        new[FA_TITLE] = fa_section(args, fa_runs)
-    if results:
-        new[RULES_TITLE] = rules_section(args, results)
-        if "kp" in args.rules:
-            new[RULES_TITLE] += [
-                "", "kp runs without weight decay here, like every rule: B "
-                "receives W's updates, so B − W keeps its initial value "
-                "(Akrout et al. need decay for W and B to converge)."]
-    if conv:
-        new[CONV_TITLE] = conv_section(args, conv)
-    sections = sections_of(old)
-    for title, lines in new.items():
-        sections[title] = [title, "", stamp, "", *lines[2:]]
-    lines = ["# Results", "",
-             "Written by `benchmarks/accuracy.py`; runs already finished in "
-             "its work folder are reused, and each section says when and by "
-             "which command it was produced.", ""]
-    for title in [t for t in SECTION_ORDER if t in sections] + [
-            t for t in sections if t not in SECTION_ORDER]:
-        lines += [*sections[title], ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def sections_of(text: str) -> dict:
-    """{'## title': its lines} of a report (blank lines at the end cut)."""
-    sections, current = {}, None
-    for line in text.splitlines():
-        if line.startswith("## "):
-            current = sections.setdefault(line, [line])
-        elif current is not None:
-            current.append(line)
-    for lines in sections.values():
-        while lines and not lines[-1].strip():
-            lines.pop()
-    return sections
 
 
 def main(argv=None):

@@ -8,6 +8,16 @@ README's "Reproducing published setups" gives the same as command lines
 
 from __future__ import annotations
 
+# Feedback alignment in a published setting (issue 6): MNIST test accuracy
+# in % after epochs 1, 5 and 10.  Inputs in [0, 1]: with [-1, 1] the
+# background is a constant input of -1 on ~80 % of the pixels, and FA's
+# early, unaligned updates then move every ReLU unit at once (74 % instead
+# of 89 % after one epoch).
+PUBLISHED_FA = {1: 88.4, 5: 94.1, 10: 95.9}
+FA_SETTING = dict(dataset="mnist", algorithm="fa", arch="128-64",
+                  activation="relu", optimizer="adam", lr=3e-4,
+                  batch_size=64, epochs=10, scaler="zero_one")
+
 # Bacho & Chu's FDFA reference (github.com/Florian-BACHO/FDFA), MNIST, its
 # fully connected network with two hidden layers (networks/fc_mnist.py):
 # Linear(800) → BatchNorm1d → ReLU → [feedback], twice, then Linear(10).
