@@ -133,8 +133,10 @@ def install() -> None:
     TensorFlow is imported (in tests, or a second entry point)."""
     if verbose() or "tensorflow" in sys.modules:
         return
-    # Below the threshold once TensorFlow reads it (XLA's notices...).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Hides what TensorFlow logs once it reads this (XLA's notices...),
+    # unless the user chose a level.
+    if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
 

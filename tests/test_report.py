@@ -1,7 +1,7 @@
 """report.py: one row per configuration (mean ± std over executions, the
 value alone for one), best first, a header saying what ran, and the plots
 (titled, labelled, bars from zero), on a finished and on an interrupted
-sweep; damaged records and bad arguments refused with one line."""
+sweep (its bad inputs: tests/test_cli.py)."""
 
 import os
 import shutil
@@ -160,56 +160,3 @@ def test_plots_have_titles_labels_and_bars_from_zero(sweep, tracked):
         import matplotlib.pyplot as plt
         for figure in drawn.values():
             plt.close(figure)
-
-
-def damage(path, text="{not json"):
-    with open(path, "w") as f:
-        f.write(text)
-
-
-@pytest.mark.parametrize("case", ["sweep.json", "sweep.json not an object",
-                                  "sweep.json without grid", "metrics.json",
-                                  "failure.json", "history.csv",
-                                  "--out is a file", "no argument",
-                                  "unknown option", "two folders"])
-def test_bad_input_is_one_line_and_writes_nothing(case, sweep, tmp_path,
-                                                  capsys):
-    copy = str(tmp_path / "copy")
-    shutil.copytree(sweep, copy)
-    run = os.path.join(copy, "trials", tune.results_table(copy)[
-        "trial_id"].iloc[0], "exec0")
-    args, expected = [copy], None
-    if case == "sweep.json":
-        damage(os.path.join(copy, "sweep.json"))
-        expected = f"{copy}/sweep.json is damaged (JSONDecodeError)"
-    elif case == "sweep.json not an object":
-        damage(os.path.join(copy, "sweep.json"), "[1, 2]")
-        expected = "sweep.json is damaged (no JSON object)"
-    elif case == "sweep.json without grid":
-        damage(os.path.join(copy, "sweep.json"), '{"sweep_id": "x", '
-               '"space": {}, "objective": "loss"}')
-        expected = "sweep.json is damaged (no grid)"
-    elif case in ("metrics.json", "failure.json"):
-        damage(os.path.join(run, case))
-        expected = f"{run}/{case} is damaged"
-    elif case == "history.csv":
-        damage(os.path.join(run, case), '"a,b\n1')
-        expected = f"{run}/history.csv is damaged"
-    elif case == "--out is a file":
-        damage(str(tmp_path / "file"), "")
-        args = [copy, "--out", str(tmp_path / "file")]
-        expected = "is a file, not a folder"
-    elif case == "no argument":
-        args, expected = [], "required: sweep_dir (usage: report.py"
-    elif case == "unknown option":
-        args, expected = [copy, "--outdir=x"], "unrecognized arguments"
-    elif case == "two folders":
-        args, expected = [copy, copy], "unrecognized arguments"
-    before = sorted(os.listdir(copy))
-    assert report.main(args) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert expected in err[0], err
-    assert "Traceback" not in captured.err + captured.out
-    assert sorted(os.listdir(copy)) == before  # no report/ folder
