@@ -57,3 +57,7 @@ def test_saved_model_loads_after_import_bpfree_from_another_folder(
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.split() == ["ProjectionModel", "dkp"]
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+    import bpfree
+    np.testing.assert_array_equal(
+        bpfree.load_model(os.path.join(workdir, "model.keras")).predict(
+            x, verbose=0), expected)

@@ -80,19 +80,43 @@ def test_quickstart_sweep_prints_two_lines_per_trial_and_no_tf_noise(
     assert table[-1].startswith("Results: ")
 
 
-def test_verbose_restores_keras_tuner_and_keras_details(tmp_path, capsys,
-                                                       monkeypatch):
+def test_a_failed_trial_says_why_in_one_line(tmp_path, capsys,
+                                            monkeypatch):
     monkeypatch.delenv(quiet.VERBOSE_ENV, raising=False)
     status = cli.run(["tune.py", f"--sweep_dir={tmp_path / 'exp'}",
+                      "--dataset=digits", "--arch=16", "--epochs=2",
+                      "--algorithm=bp", "--activation=relu",
+                      "--optimizer=sgd", "--lr=1e-2,1e10",
+                      "--batch_norm=false", "--use_xla=false"], tune.main,
+                     tune.FLAGS)
+    assert status == 0  # the sweep goes on past it
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert "Traceback" not in captured.out + captured.err
+    assert [line for line in lines if line.startswith("[2/2]")] == [
+        "[2/2] lr=1e+10",
+        "[2/2] FAILED: diverged: training loss became nan in epoch 1 "
+        "(TerminateOnNaN stopped it)"]
+    assert lines[1 + 2 + 1] == "Batch 7: Invalid loss, terminating training"
+    assert len(lines) == 1 + 2 + 3 + 1 + 2 + 1
+
+
+def test_verbose_restores_keras_tuner_and_keras_details(tmp_path, capsys,
+                                                       monkeypatch):
+    monkeypatch.setenv(quiet.VERBOSE_ENV, "1")
+    status = cli.run(["tune.py", f"--sweep_dir={tmp_path / 'exp'}",
                       "--dataset=digits", "--arch=8", "--epochs=2",
-                      "--lr=1e-2", "--batch_norm=false", "--use_xla=false",
-                      "-v"], tune.main, tune.FLAGS)
+                      "--lr=1e-2", "--batch_norm=false", "--use_xla=false"],
+                     tune.main, tune.FLAGS)
     assert status == 0
     lines = capsys.readouterr().out.splitlines()
     assert "Search: Running Trial #1" in lines
     assert any(re.search(r"\|lr$", line) for line in lines)  # its table
     assert "Epoch 2/2" in lines
     assert "[1/1] algorithm=dfa" in lines
+    monkeypatch.delenv(quiet.VERBOSE_ENV)
+    import keras_tuner
+    keras_tuner.src.config.DEBUG = False  # (as the default run leaves it)
 
 
 def test_trackers_are_not_on_the_epoch_line(tmp_path, capsys, monkeypatch):
