@@ -123,6 +123,7 @@ def test_tensorboard_lists_every_trial_with_hparams_and_metrics(served):
 
 def test_each_session_links_to_its_per_epoch_curves(served):
     sweep, frame, port, groups = served
+    assert len(groups) == 4
     for group in groups:
         session = group["sessions"][0]["name"]
         trial = session.split("/")[1]

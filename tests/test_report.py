@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import report
+import report_plots
 import tune
 
 GIVEN = {"dataset": ("digits",), "arch": ("8",), "epochs": (2,),
@@ -134,7 +135,7 @@ def test_tracker_columns_are_the_last_epochs_layer_means(tracked):
 def test_plots_have_titles_labels_and_bars_from_zero(sweep, tracked):
     for path, executions in ((tracked, 1), (sweep, 2)):
         data = report.load(path)
-        drawn = report.figures(data, report.configuration_table(data))
+        drawn = report_plots.figures(data, report.configuration_table(data))
         assert set(drawn) == ({"learning_curves", "best_per_rule",
                                "alignment"} if path == tracked
                               else {"learning_curves", "best_per_rule"})
@@ -149,7 +150,7 @@ def test_plots_have_titles_labels_and_bars_from_zero(sweep, tracked):
         bars = [p.get_height() for p in ax.patches]
         table = report.configuration_table(data)
         assert bars == pytest.approx(list(
-            report.best_per_rule(table)["test_accuracy_mean"]))
+            report_plots.best_per_rule(table)["test_accuracy_mean"]))
         error_bars = [c for c in ax.containers
                       if type(c).__name__ == "ErrorbarContainer"]
         assert bool(error_bars) == (executions > 1)
