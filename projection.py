@@ -259,9 +259,10 @@ class LocalCrossEntropy(Projection):
 
 @register("mse")
 class LocalSquaredError(Projection):
-    """Local squared error: ℓ_l = mean over the N examples and the C
-    targets of (target − g(p_l))², g the output function (softmax for
-    labels, tanh/sigmoid/identity for inputs); δ_l thus carries 1/(N·C)."""
+    """Local squared error (ℓ_l = mean MSE(target, g(p_l))): the mean over
+    the N examples *and* the C targets of (target − g(p_l))², so δ_l
+    carries 1/(N·C); g is the output function (softmax for labels,
+    tanh/sigmoid/identity for inputs)."""
 
     def local_loss(self, p, error, target):
         return tf.reduce_mean(tf.square(target - output_function(
