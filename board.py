@@ -1,16 +1,29 @@
-"""TensorBoard's HParams dashboard: one session per run or trial.
+"""TensorBoard's HParams dashboard: one session per run or trial, linked to
+its per-epoch curves.
 
 A *session* is a folder holding the session's hyperparameters (written when
-it starts) and its final metrics as scalars (written when it ends, with its
-status).  Keras' TensorBoard callback writes the learning curves into
-subfolders of the same session (`train/`, `validation/`), so the dashboard
-links each session to its curves.  A sweep also writes the *experiment*
-at its root: which hyperparameters and metrics the dashboard shows as
-columns (the searched fields and the main ones, not all thirty).
+it starts) and its status (written when it ends).  Its metrics are the
+per-epoch curves in its subfolders `train/` and `validation/`, with the tags
+Keras' TensorBoard callback gives them (`epoch_loss`, `epoch_accuracy`, ...);
+the dashboard's "Show Metrics" draws them, and its table shows their last
+value.  No final value is written as a scalar of its own: it would be a
+one-point card in the Scalars tab.
+
+- A single run's session is its `tensorboard/` folder, where Keras writes
+  the curves as it trains.
+- A sweep's trial is the session `trials/<trial>/<rule,searched values>/`
+  (so run names say what was run); its curves, written when the trial
+  ends, are the per-epoch means over the trial's executions (each
+  execution's own logs stay in `exec<k>/tensorboard/`).
+- The sweep's *experiment*, at `trials/`, says which hyperparameters (the
+  searched fields and the main ones, not all thirty) and which metrics, as
+  (group, tag) pairs, the dashboard shows as columns.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import time
 
 import tensorflow as tf
@@ -18,10 +31,12 @@ from tensorboard.plugins.hparams import api as hp_api
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hp_summary
 
-# Final metrics shown as columns, when a run has them.
-FINAL_METRICS = ("test_accuracy", "test_loss", "val_loss", "val_accuracy",
-                 "loss", "accuracy", "train_seconds")
 ALWAYS_SHOWN = ("dataset", "algorithm", "arch", "lr")
+# (group, tag, display name): the metrics of a session, its curves' tags.
+CURVES = (("validation", "epoch_loss", "validation loss"),
+          ("validation", "epoch_accuracy", "validation accuracy"),
+          ("train", "epoch_loss", "train loss"),
+          ("train", "epoch_accuracy", "train accuracy"))
 
 
 def _scalar(value):
@@ -29,39 +44,102 @@ def _scalar(value):
     return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 
+def value_text(value) -> str:
+    """A setting's value as people write it (1e-10, not 1.0000000000e-10)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def session_name(config: dict, searched) -> str:
+    """A trial's session folder: its rule and searched values, e.g.
+    `dfa,lr=0.01,batch_norm=True` (a valid folder name)."""
+    parts = [str(config["algorithm"])] + [
+        f"{name}={value_text(config[name])}" for name in searched
+        if name != "algorithm"]
+    return re.sub(r"[\s/\\]+", "_", ",".join(parts))
+
+
 def start_session(logdir: str, hparams: dict, session_id: str) -> None:
-    with tf.summary.create_file_writer(logdir).as_default():
+    """The session's hyperparameters; `session_id` names its group (the
+    sessions of one group are the seeds of one configuration)."""
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
         hp_api.hparams({k: _scalar(v) for k, v in hparams.items()},
                        trial_id=session_id)
+    writer.close()
 
 
-def end_session(logdir: str, metrics: dict, failed: bool = False) -> None:
-    """Final metrics (step 0) and the session's status."""
+def end_session(logdir: str, failed: bool = False) -> None:
+    """The session's status (its metrics are its curves)."""
     status = (api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS)
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
-        for name in FINAL_METRICS:
-            value = metrics.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                tf.summary.scalar(name, float(value), step=0)
         tf.summary.experimental.write_raw_pb(
             hp_summary.session_end_pb(status, time.time())
             .SerializeToString(), step=0)
-    writer.flush()
+    writer.close()
 
 
-def write_experiment(logdir: str, space: dict, metric_names) -> None:
-    """The dashboard's columns: searched fields plus the main ones."""
+def curve_tags(column: str) -> tuple[str, str]:
+    """(group, tag) of a history.csv column, as Keras' TensorBoard callback
+    (and trackers.TensorBoard, for tags with a '/') names it."""
+    group = "validation" if column.startswith("val_") else "train"
+    name = column[4:] if group == "validation" else column
+    return group, name if "/" in name else f"epoch_{name}"
+
+
+def write_curves(logdir: str, histories) -> None:
+    """Per epoch, the mean of the histories (pandas frames read from
+    history.csv, one per execution) into `logdir/train` and
+    `logdir/validation`, step = epoch (0-based, as Keras logs it)."""
+    import pandas as pd
+    frames = [h for h in histories if len(h) and "epoch" in h]
+    if not frames:
+        return
+    mean = pd.concat(frames).groupby("epoch").mean(numeric_only=True)
+    writers = {}
+    for column in mean.columns:
+        values = mean[column].dropna()
+        if values.empty:  # (Keras' empty val_ columns without validation)
+            continue
+        group, tag = curve_tags(column)
+        if group not in writers:
+            writers[group] = tf.summary.create_file_writer(
+                os.path.join(logdir, group))
+        with writers[group].as_default():
+            for epoch, value in values.items():
+                tf.summary.scalar(tag, float(value), step=int(epoch))
+    for writer in writers.values():
+        writer.close()
+
+
+def metrics_of(space: dict) -> list[tuple[str, str, str]]:
+    """The CURVES a sweep's sessions have: validation ones only when its
+    objective holds data out, accuracy only for classification."""
+    validation = any(str(o).startswith("val_")
+                     for o in space.get("objective", ())) and \
+        any(f > 0 for f in space.get("validation_frac", (0.1,)))
+    classify = "classification" in space.get("problem_type",
+                                             ("classification",))
+    return [c for c in CURVES
+            if (validation or c[0] != "validation")
+            and (classify or not c[1].endswith("accuracy"))]
+
+
+def write_experiment(logdir: str, space: dict, metrics=None) -> None:
+    """The dashboard's columns: searched fields plus the main ones, and
+    the sessions' curves as (group, tag) metrics."""
     shown = [name for name, values in space.items()
              if len(values) > 1 or name in ALWAYS_SHOWN]
     hparams = [hp_api.HParam(name, hp_api.Discrete(
         sorted({_scalar(v) for v in space[name]}, key=str)))
         if _uniform_type(space[name]) else hp_api.HParam(name)
         for name in shown]
-    metrics = [hp_api.Metric(name, display_name=name)
-               for name in metric_names]
-    with tf.summary.create_file_writer(logdir).as_default():
+    metrics = [hp_api.Metric(tag, group=group, display_name=display)
+               for group, tag, display in (metrics or metrics_of(space))]
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
         hp_api.hparams_config(hparams=hparams, metrics=metrics)
+    writer.close()
 
 
 def _uniform_type(values) -> bool:

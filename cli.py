@@ -1,5 +1,7 @@
 """Command-line entry points: flags generated from hparams.py, and every bad
-input reported as one line (`error: ...`) with exit status 2."""
+input reported as one line (`error: ...`) with exit status 2 (a run that
+failed: status 3).  `-v`/`--verbose` (or BPFREE_VERBOSE=1) shows the details
+that are hidden by default (quiet.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import sys
 from typing import Callable
 
 import hparams as hparams_lib
+import quiet
 from errors import RunFailed, UsageError
 
 
@@ -18,6 +21,11 @@ def make_flags(extra: dict[str, str]):
     hparams_lib.define_flags(flag_values)
     for name, help_text in extra.items():
         flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
+    flags.DEFINE_boolean(
+        "verbose", False, "Show TensorFlow's start-up lines, keras-tuner's "
+        "trial tables and tracebacks, and trackers on the epoch lines "
+        f"(also ${quiet.VERBOSE_ENV}=1).", short_name="v",
+        flag_values=flag_values)
     return flag_values
 
 
@@ -36,6 +44,8 @@ def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
         if len(rest) > 1:
             raise UsageError(f"unexpected argument(s) {rest[1:]} (settings "
                              "are given as --name=value; see --help)")
+        quiet.set_verbose(flag_values.verbose)
+        quiet.install()
         main(flag_values)
     except (UsageError, RunFailed) as error:
         print(f"error: {error}", file=sys.stderr)

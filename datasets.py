@@ -23,6 +23,8 @@ import gzip
 import os
 import pickle
 import tarfile
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -63,6 +65,39 @@ def _missing(dataset, path, explicit):
                      "the folder holding it")
 
 
+def _corrupt(dataset, path, problem):
+    return DataError(f"{dataset}: data file '{path}' is unusable ({problem});"
+                     " replace it with the original file")
+
+
+# What reading a damaged file raises: a truncated or foreign zip, gzip or
+# pickle, or one without the expected arrays.
+READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError,
+               TypeError, AttributeError, zlib.error, zipfile.BadZipFile,
+               pickle.UnpicklingError, tarfile.TarError)
+
+
+def _why(error) -> str:
+    text = str(error).splitlines()[0][:100] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else \
+        type(error).__name__
+
+
+def _checked(dataset, path, x, y, classes, image_dims):
+    """(x, y) of one split, refused unless they look like the dataset's:
+    images of `image_dims` dimensions, one integer label in [0, classes)
+    per image."""
+    if x.ndim != image_dims or y.ndim != 1 or len(x) != len(y) \
+            or not len(x):
+        raise _corrupt(dataset, path, f"{x.shape} images and {y.shape} "
+                       "labels do not match")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 \
+            or y.max() >= classes:
+        raise _corrupt(dataset, path, f"labels are not integers in "
+                       f"[0, {classes})")
+    return x, y
+
+
 def load_digits(folder, explicit) -> Arrays:
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
@@ -75,43 +110,89 @@ def load_digits(folder, explicit) -> Arrays:
     return Arrays(x_tr, y_tr, x_te, y_te, 16.0, 10)
 
 
+MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
 def load_mnist(folder, explicit) -> Arrays:
     path = os.path.join(folder, "mnist.npz")
     if not os.path.exists(path):
         if explicit:
             raise _missing("mnist", path, explicit)
-        return _keras_arrays("mnist", 10)
+        return _keras_arrays("mnist", "mnist", 10)
     # Read directly: Keras' loader checks a hash that repacked copies of the
     # same arrays fail, and would then delete the file.
-    with np.load(path) as f:
-        return Arrays(f["x_train"][..., None], f["y_train"],
-                      f["x_test"][..., None], f["y_test"], 255.0, 10)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            absent = [k for k in MNIST_KEYS if k not in f.files]
+            if absent:
+                raise _corrupt("mnist", path, f"no array {absent[0]}; "
+                               f"Keras' layout has {', '.join(MNIST_KEYS)}")
+            arrays = {k: np.asarray(f[k]) for k in MNIST_KEYS}
+    except DataError:
+        raise
+    except READ_ERRORS as error:  # (np.load of a .npy has no .files)
+        raise _corrupt("mnist", path, "not a complete .npz archive of "
+                       f"arrays ({type(error).__name__})")
+    x_tr, y_tr = _checked("mnist", path, arrays["x_train"],
+                          arrays["y_train"], 10, 3)
+    x_te, y_te = _checked("mnist", path, arrays["x_test"], arrays["y_test"],
+                          10, 3)
+    return Arrays(x_tr[..., None], y_tr, x_te[..., None], y_te, 255.0, 10)
 
 
-def _read_idx(path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
+def _read_idx(dataset, path, ndim) -> np.ndarray:
+    """An IDX file (gzipped): magic 0x0000 08 <ndim>, ndim big-endian
+    sizes, then the uint8 data."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except READ_ERRORS as error:  # not gzip, or cut short
+        raise _corrupt(dataset, path, f"not a complete gzip file: "
+                       f"{_why(error)}")
+    header = 4 + 4 * ndim
+    if len(data) < header or data[:3] != b"\0\0\x08" or data[3] != ndim:
+        raise _corrupt(dataset, path, f"not an IDX file of {ndim}-D uint8 "
+                       "data")
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
             for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    if len(data) != header + int(np.prod(dims)):
+        raise _corrupt(dataset, path, f"{len(data) - header} bytes of data "
+                       f"for a {dims} array: truncated")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
 FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
+def _fmnist_folder(folder) -> str | None:
+    """Where the four files are: fashion-mnist/ or the folder itself."""
+    for candidate in (os.path.join(folder, "fashion-mnist"), folder):
+        if all(os.path.exists(os.path.join(candidate, n))
+               for n in FMNIST_FILES):
+            return candidate
+    return None
+
+
 def load_fmnist(folder, explicit) -> Arrays:
-    for sub in ("fashion-mnist", ""):
-        paths = [os.path.join(folder, sub, name) for name in FMNIST_FILES]
-        if all(os.path.exists(p) for p in paths):
-            break
-    else:
-        if explicit:
-            missing = next(p for p in paths if not os.path.exists(p))
-            raise _missing("fmnist", missing, explicit)
-        return _keras_arrays("fashion_mnist", 10)
-    x_tr, y_tr, x_te, y_te = (_read_idx(p) for p in paths)
+    found = _fmnist_folder(folder)
+    if found is None:
+        if not explicit:
+            return _keras_arrays("fmnist", "fashion_mnist", 10)
+        # Name a file that is missing where the user put the others (the
+        # fashion-mnist/ subfolder unless the folder itself holds some).
+        sub = os.path.join(folder, "fashion-mnist")
+        where = folder if not os.path.isdir(sub) and any(
+            os.path.exists(os.path.join(folder, n)) for n in FMNIST_FILES) \
+            else sub
+        missing = next(n for n in FMNIST_FILES
+                       if not os.path.exists(os.path.join(where, n)))
+        raise _missing("fmnist", os.path.join(where, missing), explicit)
+    paths = [os.path.join(found, name) for name in FMNIST_FILES]
+    x_tr, y_tr, x_te, y_te = (_read_idx("fmnist", p, n)
+                              for p, n in zip(paths, (3, 1, 3, 1)))
+    _checked("fmnist", paths[1], x_tr, y_tr, 10, 3)
+    _checked("fmnist", paths[3], x_te, y_te, 10, 3)
     return Arrays(x_tr[..., None], y_tr, x_te[..., None], y_te, 255.0, 10)
 
 
@@ -124,11 +205,16 @@ CIFAR = {  # dataset: (folder, tarball, train files, test files, label key)
 }
 
 
-def _cifar_batch(raw: bytes, label_key: str):
-    batch = pickle.loads(raw, encoding="bytes")
-    x = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32)
-    y = np.asarray(batch[label_key.encode()], np.int64)
-    return x.transpose(0, 2, 3, 1), y
+def _cifar_batch(name, path, raw: bytes, label_key: str, classes: int):
+    """(images, labels) of one pickled CIFAR batch; `path` names it."""
+    try:
+        batch = pickle.loads(raw, encoding="bytes")
+        x = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(batch[label_key.encode()], np.int64)
+    except READ_ERRORS as error:
+        raise _corrupt(name, path, f"not a CIFAR batch (a pickled dict with "
+                       f"b'data' and b'{label_key}'): {_why(error)}")
+    return _checked(name, path, x.transpose(0, 2, 3, 1), y, classes, 4)
 
 
 def load_cifar(name):
@@ -142,16 +228,17 @@ def load_cifar(name):
                 if not os.path.exists(path):
                     raise _missing(name, path, explicit)
                 with open(path, "rb") as f:
-                    return f.read()
+                    return path, f.read()
             raws = [read(n) for n in files]
         elif os.path.exists(os.path.join(folder, tarball)):
-            with tarfile.open(os.path.join(folder, tarball)) as tar:
-                raws = [tar.extractfile(f"{sub}/{n}").read() for n in files]
+            raws = _tar_members(name, os.path.join(folder, tarball),
+                                [f"{sub}/{n}" for n in files])
         elif explicit:
             raise _missing(name, os.path.join(folder, sub), explicit)
         else:
-            return _keras_arrays(name, classes)
-        batches = [_cifar_batch(r, label_key) for r in raws]
+            return _keras_arrays(name, name, classes)
+        batches = [_cifar_batch(name, path, raw, label_key, classes)
+                   for path, raw in raws]
         n_train = len(train_files)
         x_tr = np.concatenate([b[0] for b in batches[:n_train]])
         y_tr = np.concatenate([b[1] for b in batches[:n_train]])
@@ -161,7 +248,25 @@ def load_cifar(name):
     return load
 
 
-def _keras_arrays(module, classes) -> Arrays:
+def _tar_members(name, tarball, members) -> list[tuple[str, bytes]]:
+    """[(tarball:member, bytes)] of the members, refusing a damaged or
+    incomplete archive."""
+    try:
+        with tarfile.open(tarball) as tar:
+            names = set(tar.getnames())
+            absent = [m for m in members if m not in names]
+            if absent:
+                raise _corrupt(name, tarball, f"no member {absent[0]}")
+            return [(f"{tarball}:{m}", tar.extractfile(m).read())
+                    for m in members]
+    except DataError:
+        raise
+    except READ_ERRORS as error:
+        raise _corrupt(name, tarball, f"not a complete .tar.gz: "
+                       f"{_why(error)}")
+
+
+def _keras_arrays(dataset, module, classes) -> Arrays:
     """Lets Keras load (downloading into its cache) a dataset we did not
     find on disk."""
     import keras
@@ -169,9 +274,10 @@ def _keras_arrays(module, classes) -> Arrays:
         (x_tr, y_tr), (x_te, y_te) = getattr(keras.datasets,
                                              module).load_data()
     except Exception as error:  # no network, bad download...
-        raise DataError(f"{module}: not in Keras' cache and the download "
-                        f"failed ({type(error).__name__}); point --data_dir "
-                        "at a folder holding the files") from None
+        raise DataError(f"{dataset}: not in Keras' cache "
+                        f"({_keras_cache_dir()}) and the download failed "
+                        f"({type(error).__name__}); point --data_dir at a "
+                        "folder holding the files") from None
     if x_tr.ndim == 3:  # grey images: add the channel axis
         x_tr, x_te = x_tr[..., None], x_te[..., None]
     return Arrays(x_tr, y_tr.ravel(), x_te, y_te.ravel(), 255.0, classes)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -104,6 +105,10 @@ class Field:
         if self.choices is not None and value not in self.choices:
             raise UsageError(f"unknown {self.name} '{value}' "
                              f"(valid: {', '.join(map(str, self.choices))})")
+        if self.type is float and not math.isfinite(value):
+            # (1e400 parses as inf; nan compares false with every bound)
+            raise UsageError(f"--{self.name}={value}: must be a finite "
+                             "number")
         problem = self.check(value) if self.check else None
         if problem:
             raise UsageError(f"--{self.name}={value}: {problem}")
@@ -141,6 +146,14 @@ def _below_one(value) -> str | None:
 
 def _at_least_one(value) -> str | None:
     return None if value >= 1 else "must be at least 1"
+
+
+SEED_LIMIT = 2 ** 32  # numpy's and Keras' seeds are 32-bit
+
+
+def _seed(value) -> str | None:
+    return None if 0 <= value < SEED_LIMIT else \
+        f"must be in [0, {SEED_LIMIT - 1}]"
 
 
 def _arch(value) -> str | None:
@@ -239,7 +252,7 @@ FIELDS: tuple[Field, ...] = (
     Field("epochs", int, 10, "Training epochs.", check=_positive),
     # The run.
     Field("seed", int, 0, "Seed of data splits, weights and feedback "
-          "matrices.", check=_non_negative),
+          "matrices.", check=_seed),
     Field("objective", str, "val_loss", "What the tuner minimises.",
           choices=OBJECTIVES),
     Field("validation_frac", float, 0.1, "Fraction of training data held "
@@ -303,6 +316,16 @@ def check(hparams: Mapping[str, Any]) -> HParams:
         if hp.objective.endswith("error_rate"):
             raise UsageError(f"objective '{hp.objective}' needs labels "
                              "(valid for reconstruction: loss, val_loss)")
+    if hp.objective.startswith("val_") and hp.validation_frac <= 0:
+        raise UsageError(f"objective '{hp.objective}' needs validation data, "
+                         "but --validation_frac=0 holds none out (valid: "
+                         "--validation_frac in (0, 1), or --objective="
+                         f"{hp.objective[4:]})")
+    last_seed = hp.seed + hp.executions_per_trial - 1
+    if last_seed >= SEED_LIMIT:
+        raise UsageError(f"--seed={hp.seed} with --executions_per_trial="
+                         f"{hp.executions_per_trial} runs seed {last_seed} "
+                         f"(valid seeds: 0 to {SEED_LIMIT - 1})")
     return hp
 
 

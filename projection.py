@@ -9,7 +9,10 @@ reconstruction) against a target-space signal.
 Conventions, the same for every rule:
 - e = ∂L/∂z is the global error at the logits; L is a batch mean, so e and
   every teaching signal carry 1/N, and SGD step sizes mean the same thing
-  for every rule.
+  for every rule.  Squared errors are means over the batch *and* the
+  features: the reconstruction loss (D input features) gives e a factor
+  1/(N·D), and the `mse` local loss (C targets: classes, or D) gives δ_l
+  1/(N·C), not 1/N.
 - The teaching signal δ_l = ∂ℓ_l/∂h_l is injected at the block's output
   *before* dropout; autodiff then applies the block's own activation
   derivative, batch-norm Jacobian and pooling, and stops at its input
@@ -256,8 +259,10 @@ class LocalCrossEntropy(Projection):
 
 @register("mse")
 class LocalSquaredError(Projection):
-    """Local squared error: ℓ_l = mean MSE(target, g(p_l)) with g the output
-    function (softmax for labels, tanh/sigmoid/identity for inputs)."""
+    """Local squared error (ℓ_l = mean MSE(target, g(p_l))): the mean over
+    the N examples *and* the C targets of (target − g(p_l))², so δ_l
+    carries 1/(N·C); g is the output function (softmax for labels,
+    tanh/sigmoid/identity for inputs)."""
 
     def local_loss(self, p, error, target):
         return tf.reduce_mean(tf.square(target - output_function(

@@ -4,22 +4,33 @@
 
 writes, in the output folder (default: <sweep>/report/):
 
-    report.md, report.csv   one row per configuration, mean ± std over its
-                            executions, best first by the sweep's objective
+    report.md, report.csv   one row per configuration, best first by the
+                            sweep's objective: the mean of each final metric
+                            over its executions (± their std where there
+                            are two or more); a header names the dataset,
+                            arch, epochs and the settings pinned off their
+                            defaults; tracker columns when trackers ran
     learning_curves.png     per rule, the loss and accuracy per epoch of its
-                            best configuration (mean over executions, ± std)
+                            best configuration (mean over executions, with
+                            their spread where there are several)
     best_per_rule.png       per rule, the test accuracy (or loss) of its best
-                            configuration
+                            configuration, bars from zero
     alignment.png           per rule, alignment with backprop per epoch, when
                             the sweep ran with trackers
 
-It reads the trial folders, so it works on a sweep that is still running or
-was interrupted: runs not finished are counted, not averaged.
+report_plots.py draws the plots.  It reads the trial folders, so it works
+on a sweep that is still running or was interrupted: runs not finished are
+counted, not averaged.  A folder that is not a sweep, a damaged record or an
+unusable --out is refused with one line (exit status 2), before anything is
+written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import glob
+import json
 import os
 import sys
 
@@ -27,220 +38,299 @@ import numpy as np
 import pandas as pd
 
 import atomic
+import hparams as hparams_lib
+import report_plots
 from errors import UsageError
 
 METRICS = ("test_accuracy", "test_loss", "val_loss", "val_accuracy", "loss",
            "accuracy", "train_seconds")
+# Tracker columns of the table: (family, layers averaged), as
+# trackers.PLOTTED plots them; the value of the last epoch.
+TRACKED = (("bp_cosine", "hidden"), ("signal_cosine", "hidden"),
+           ("weight_alignment", "all"))
+
+
+# --- The sweep's records ------------------------------------------------------
+
+
+def read_record(path: str, required=(), remedy: str = "") -> dict | None:
+    """A JSON object written by the sweep, or None when absent; a damaged
+    one is refused, naming the file (and `remedy`: what to do)."""
+    if not os.path.exists(path):
+        return None
+    remedy = remedy or ("remove the run's folder "
+                        f"({os.path.dirname(path)}) and rerun the sweep to "
+                        "redo that run")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path} is damaged ({type(error).__name__}); "
+                         f"{remedy}") from None
+    if not isinstance(record, dict):
+        raise UsageError(f"{path} is damaged (no JSON object); {remedy}")
+    missing = [k for k in required if k not in record]
+    if missing:
+        raise UsageError(f"{path} is damaged (no {', '.join(missing)}); "
+                         f"{remedy}")
+    return record
+
+
+def check_records(sweep_dir: str) -> dict:
+    """The sweep's plan (sweep.json), after checking that it and every
+    run's metrics.json and failure.json can be read."""
+    import tune
+    path = os.path.join(sweep_dir, tune.SWEEP_FILE)
+    restore = "restore it: it holds the sweep's grid and id"
+    plan = read_record(path, ("sweep_id", "grid", "space", "objective"),
+                       restore)
+    if plan is None:
+        raise UsageError(f"{sweep_dir} is not a sweep folder (no "
+                         f"{tune.SWEEP_FILE})")
+    if not isinstance(plan["grid"], list) or not isinstance(
+            plan["space"], dict) or not all(
+            isinstance(c, dict) for c in plan["grid"]):
+        raise UsageError(f"{path} is damaged (its grid or space is not "
+                         f"what the sweep wrote); {restore}")
+    pattern = os.path.join(glob.escape(sweep_dir), "trials", "*", "exec*")
+    for run in glob.glob(pattern):
+        read_record(os.path.join(run, "metrics.json"))
+        read_record(os.path.join(run, "failure.json"), ("reason",))
+    return plan
+
+
+def read_history(path: str) -> pd.DataFrame | None:
+    if not os.path.exists(path):
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as error:  # (pandas' parser errors)
+        raise UsageError(f"{path} is damaged ({type(error).__name__}); "
+                         f"remove the run's folder ({os.path.dirname(path)})"
+                         " and rerun the sweep to redo that run") from None
+
+
+@dataclasses.dataclass
+class Sweep:
+    """What the report shows: the sweep's plan and its runs so far."""
+
+    path: str
+    plan: dict
+    executions: pd.DataFrame  # one row per run (tune.results_table)
+    searched: list  # fields that vary (the rule always)
+    tracked: bool  # whether trackers ran
+
+    @property
+    def objective(self) -> str:
+        return self.plan["objective"]
+
+    @property
+    def pinned(self) -> dict:
+        """The fields with one value in the sweep."""
+        return {name: values[0] for name, values in self.plan["space"].items()
+                if len(values) == 1}
+
+    def history_frames(self, trial_id) -> list[pd.DataFrame]:
+        runs = self.executions[(self.executions["trial_id"] == trial_id)
+                               & (self.executions["status"] == "COMPLETED")]
+        frames = []
+        for _, run in runs.iterrows():
+            frame = read_history(os.path.join(
+                self.path, "trials", trial_id, f"exec{run['execution']}",
+                "history.csv"))
+            if frame is not None:
+                frames.append(frame)
+        return frames
+
+
+def load(sweep_dir: str) -> Sweep:
+    """The sweep's records, checked; refuses a folder with no run yet."""
+    import tune
+    if not os.path.isdir(sweep_dir):
+        raise UsageError(f"{sweep_dir}: no such folder")
+    plan = check_records(sweep_dir)
+    executions = tune.results_table(sweep_dir)
+    if executions.empty:
+        raise UsageError(f"{sweep_dir}: no trial has started yet")
+    space = plan["space"]
+    searched = [n for n, v in space.items() if len(v) > 1]
+    searched = sorted(set(searched) | {"algorithm"}, key=[*space].index)
+    tracked = bool(hparams_lib.FIELDS_BY_NAME["tracker"].parse_set(
+        (space.get("tracker") or [""])[0] or ""))
+    return Sweep(sweep_dir, plan, executions, searched, tracked)
 
 
 # --- The table ----------------------------------------------------------------
 
 
-def configuration_table(executions: pd.DataFrame, searched, objective):
+def tracker_values(sweep: Sweep, trial_id) -> list[dict]:
+    """Per finished run of the trial, the last epoch's tracker families
+    (mean over the layers trackers.PLOTTED averages)."""
+    import trackers
+    values = []
+    for frame in sweep.history_frames(trial_id):
+        row = {}
+        for family, layers in TRACKED:
+            mean = trackers.layer_mean(frame, family, layers)
+            if mean is not None and len(mean):
+                row[family] = float(mean.iloc[-1])
+        values.append(row)
+    return values
+
+
+def configuration_table(sweep: Sweep) -> pd.DataFrame:
     """One row per trial: its searched values, how many executions finished,
-    and mean and std of each final metric over them."""
+    and mean and std of each final metric (and tracker) over them."""
     rows = []
-    for trial_id, runs in executions.groupby("trial_id", sort=False):
+    for trial_id, runs in sweep.executions.groupby("trial_id", sort=False):
         done = runs[runs["status"] == "COMPLETED"]
         row = {"trial_id": trial_id,
-               **{name: runs[name].iloc[0] for name in searched},
+               **{name: runs[name].iloc[0] for name in sweep.searched},
                "completed": len(done), "executions": len(runs),
                "failure": "; ".join(runs["failure"].dropna().astype(str))
                if "failure" in runs else ""}
-        for metric in METRICS:
-            if metric in done and len(done):
-                values = done[metric].astype(float)
-                row[f"{metric}_mean"] = values.mean()
-                row[f"{metric}_std"] = values.std(ddof=0)
+        samples = {m: done[m].astype(float) for m in METRICS
+                   if m in done and len(done)}
+        if sweep.tracked and len(done):
+            tracked = pd.DataFrame(tracker_values(sweep, trial_id))
+            samples.update({c: tracked[c] for c in tracked})
+        for name, values in samples.items():
+            row[f"{name}_mean"] = values.mean()
+            row[f"{name}_std"] = values.std(ddof=0)
         rows.append(row)
     table = pd.DataFrame(rows)
-    key = f"{objective}_mean"
+    key = f"{sweep.objective}_mean"
     if key in table:
         table = table.sort_values(key, kind="stable", na_position="last")
     return table.reset_index(drop=True)
 
 
-def markdown(table: pd.DataFrame, searched, sweep_dir, objective) -> str:
+def header(sweep: Sweep) -> list[str]:
+    """What was run, in words: dataset, arch, epochs, rules, what was
+    searched and every pinned setting that is not its default."""
+    pinned = sweep.pinned
+    what = [f"**{name}** {', '.join(map(text, sweep.plan['space'][name]))}"
+            for name in ("dataset", "arch", "epochs")
+            if name in sweep.plan["space"]]
+    others = {name: value for name, value in pinned.items()
+              if name not in ("dataset", "arch", "epochs")
+              and name in hparams_lib.FIELDS_BY_NAME
+              and value != hparams_lib.FIELDS_BY_NAME[name].default}
+    searched = [n for n in sweep.searched if n not in pinned]
+    lines = [f"# Sweep {sweep.path}", "", "; ".join(what) + ".",
+             f"Rules: {', '.join(map(str, sweep.plan['space']['algorithm']))}"
+             f". Searched: {', '.join(searched) or 'nothing'}. Objective: "
+             f"`{sweep.objective}` (lower is better).",
+             "Pinned off their defaults: " + (", ".join(
+                 f"{k}={text(v)}" for k, v in others.items()) or "none")
+             + " (every other setting: its default in hparams.py)."]
+    return lines
+
+
+def markdown(sweep: Sweep, table: pd.DataFrame) -> str:
     metrics = [m for m in METRICS if f"{m}_mean" in table]
-    header = ["trial", *searched, "runs", *metrics, "failure"]
-    lines = [f"# Sweep {sweep_dir}", "",
-             f"{len(table)} configuration(s), best first by mean "
-             f"`{objective}`; mean ± std over finished executions.", "",
-             "| " + " | ".join(header) + " |",
-             "|" + "---|" * len(header)]
+    tracked = [f for f, _ in TRACKED if f"{f}_mean" in table]
+    columns = ["trial", *sweep.searched, "runs", *metrics, *tracked,
+               "failure"]
+    several = bool(len(table)) and table["completed"].max() >= 2
+    summary = (f"{len(table)} configuration(s), best first by `"
+               f"{sweep.objective}`; "
+               + ("mean ± std over the finished executions of each."
+                  if several else "one execution each."))
+    if tracked:
+        summary += (" Trackers: last epoch, mean over hidden blocks "
+                    "(weight_alignment: over the layers where it is "
+                    "defined).")
+    lines = [*header(sweep), "", summary, "",
+             "| " + " | ".join(columns) + " |",
+             "|" + "---|" * len(columns)]
     for _, row in table.iterrows():
-        cells = [str(row["trial_id"]), *(str(row[n]) for n in searched),
+        cells = [str(row["trial_id"]), *(text(row[n]) for n in sweep.searched),
                  f"{row['completed']}/{row['executions']}"]
-        cells += [mean_std(row, m) for m in metrics]
+        cells += [mean_std(row, m) for m in [*metrics, *tracked]]
         cells.append(str(row.get("failure") or ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def mean_std(row, metric) -> str:
+    """'mean ± std' over two or more executions, else the value alone."""
     mean = row.get(f"{metric}_mean")
     if mean is None or pd.isna(mean):
         return "—"
     digits = 2 if metric == "train_seconds" else 4
-    return f"{mean:.{digits}f} ± {row[f'{metric}_std']:.{digits}f}"
+    form = f".{digits}f" if abs(mean) < 1e4 else ".4g"
+    if row["completed"] < 2:
+        return f"{mean:{form}}"
+    return f"{mean:{form}} ± {row[f'{metric}_std']:{form}}"
 
 
-# --- The plots ----------------------------------------------------------------
-
-
-def best_per_rule(table: pd.DataFrame) -> pd.DataFrame:
-    """The first (best) finished configuration of each rule."""
-    done = table[table["completed"] > 0]
-    return done.groupby("algorithm", sort=False).head(1)
-
-
-def curves(sweep_dir, executions, trial_id) -> list[pd.DataFrame]:
-    runs = executions[(executions["trial_id"] == trial_id)
-                      & (executions["status"] == "COMPLETED")]
-    frames = []
-    for _, run in runs.iterrows():
-        path = os.path.join(sweep_dir, "trials", trial_id,
-                            f"exec{run['execution']}", "history.csv")
-        if os.path.exists(path):
-            frames.append(pd.read_csv(path))
-    return frames
-
-
-def plot_learning_curves(sweep_dir, executions, best):
-    import matplotlib.pyplot as plt
-    panels = [("loss", "val_loss"), ("accuracy", "val_accuracy")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    drawn = False
-    for _, row in best.iterrows():
-        frames = curves(sweep_dir, executions, row["trial_id"])
-        if not frames:
-            continue
-        for ax, names in zip(axes, panels):
-            # Keras' CSVLogger adds empty val_ columns when there is no
-            # validation: take the validation curve only if it has values.
-            name = next((n for n in reversed(names) if n in frames[0]
-                         and frames[0][n].notna().any()), None)
-            if name is None:
-                continue
-            values = np.array([f[name].to_numpy() for f in frames
-                               if len(f) == len(frames[0])])
-            epochs = np.arange(1, values.shape[1] + 1)
-            mean, std = values.mean(0), values.std(0)
-            line, = ax.plot(epochs, mean, marker="o", ms=3,
-                            label=f"{row['algorithm']} ({row['trial_id']})")
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2,
-                            color=line.get_color())
-            ax.set_ylabel(name)
-            drawn = True
-    for ax in axes:
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Learning curves: best configuration of each rule")
-    fig.tight_layout()
-    return fig if drawn else plt.close(fig)
-
-
-def plot_best_per_rule(sweep_dir, executions, best):
-    import matplotlib.pyplot as plt
-    metric = ("test_accuracy" if "test_accuracy_mean" in best
-              else "test_loss")
-    if best.empty or f"{metric}_mean" not in best:
-        return None
-    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(best)), 4))
-    ax.bar(best["algorithm"].astype(str), best[f"{metric}_mean"],
-           yerr=best[f"{metric}_std"], capsize=4, color="tab:blue")
-    for x, (mean, std) in enumerate(zip(best[f"{metric}_mean"],
-                                        best[f"{metric}_std"])):
-        ax.text(x, mean + std, f"{mean:.3f}", ha="center", va="bottom",
-                fontsize=8)
-    low = best[f"{metric}_mean"].min()
-    if metric == "test_accuracy":
-        ax.set_ylim(max(0.0, low - 0.1), 1.0)
-    ax.set_ylabel(f"{metric} (best configuration, mean ± std)")
-    ax.set_title("Best configuration of each rule")
-    fig.tight_layout()
-    return fig
-
-
-def write_alignment(sweep_dir, executions, best, path):
-    """Alignment with backprop per epoch (trackers.plot_alignment), when the
-    sweep tracked it; returns the path, or None when nothing was tracked."""
-    histories = {str(row["algorithm"]): frames for _, row in best.iterrows()
-                 if (frames := curves(sweep_dir, executions,
-                                      row["trial_id"]))}
-    tracked = any("/" in column for frames in histories.values()
-                  for frame in frames for column in frame.columns)
-    if not tracked:  # (and spare the TensorFlow import trackers.py makes)
-        return None
-    import trackers
-    tmp = os.path.join(os.path.dirname(path), ".tmp-alignment.png")
-    if histories and trackers.plot_alignment(histories, tmp):
-        os.replace(tmp, path)  # atomic, like every other output
-        return path
-    return None
+def text(value) -> str:
+    """A setting's value as people write it (1e-10, not 1e-10's repr)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # --- Entry --------------------------------------------------------------------
 
 
-def write_report(sweep_dir, out_dir=None) -> dict:
-    """Writes the table and plots; returns {name: path} of what it wrote."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import tune
-    plan = tune.read_json(os.path.join(sweep_dir, tune.SWEEP_FILE))
-    executions = tune.results_table(sweep_dir)  # refuses a non-sweep folder
-    if executions.empty:
-        raise UsageError(f"{sweep_dir}: no trial has started yet")
-    searched = [n for n, v in plan["space"].items() if len(v) > 1]
-    searched = sorted(set(searched) | {"algorithm"},
-                      key=[*plan["space"]].index)
+def output_folder(sweep_dir, out_dir) -> str:
+    """--out (default <sweep>/report), refused when it cannot be one."""
     out_dir = out_dir or os.path.join(sweep_dir, "report")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--out {out_dir} is a file, not a folder; name a "
+                         "folder (it is created if absent)")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out_dir}: cannot create it in {parent} "
+                         "(not a writable folder)")
+    return out_dir
+
+
+def write_report(sweep_dir, out_dir=None) -> dict:
+    """Writes the table and plots; returns {name: path} of what it wrote.
+    Everything is read and checked before the first file is written."""
+    out_dir = output_folder(sweep_dir, out_dir)
+    sweep = load(sweep_dir)
+    table = configuration_table(sweep)
+    document = markdown(sweep, table)
+    drawn = report_plots.figures(sweep, table)
     os.makedirs(out_dir, exist_ok=True)
-    table = configuration_table(executions, searched, plan["objective"])
     written = {"csv": os.path.join(out_dir, "report.csv"),
                "markdown": os.path.join(out_dir, "report.md")}
     atomic.write_csv(written["csv"], table)
-    atomic.write_text(written["markdown"],
-                      markdown(table, searched, sweep_dir, plan["objective"]))
-    best = best_per_rule(table)
-    plots = {"learning_curves": plot_learning_curves,
-             "best_per_rule": plot_best_per_rule}
-    for name, plot in plots.items():
-        figure = plot(sweep_dir, executions, best)
-        if figure is not None:
-            written[name] = save_figure(figure,
-                                        os.path.join(out_dir, f"{name}.png"))
-    alignment = write_alignment(sweep_dir, executions, best,
-                                os.path.join(out_dir, "alignment.png"))
-    if alignment:
-        written["alignment"] = alignment
+    atomic.write_text(written["markdown"], document)
+    for name, figure in drawn.items():
+        written[name] = report_plots.save_figure(
+            figure, os.path.join(out_dir, f"{name}.png"))
     return written
 
 
-def save_figure(figure, path) -> str:
-    import matplotlib.pyplot as plt
-    with atomic.replacing(path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    return path
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every entry point's."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (usage: report.py SWEEP_DIR "
+                         "[--out DIR]; see --help)")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir")
     parser.add_argument("--out", default=None,
                         help="output folder (default: <sweep_dir>/report)")
-    args = parser.parse_args(argv)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow's start-up lines")
     try:
-        if not os.path.isdir(args.sweep_dir):
-            raise UsageError(f"{args.sweep_dir}: no such folder")
+        args = parser.parse_args(argv)
+        import quiet
+        quiet.set_verbose(args.verbose)
+        quiet.install()
         written = write_report(args.sweep_dir, args.out)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return UsageError.exit_status
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0

@@ -336,6 +336,28 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self._tracker_writers = None
 
 
+class EpochLine(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar and epoch lines without the tracker scalars
+    (tags with a '/'): history.csv and TensorBoard have them, and on the
+    line they would stretch it to hundreds of characters."""
+
+    @staticmethod
+    def _shown(logs):
+        return {k: v for k, v in (logs or {}).items() if "/" not in k}
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._shown(logs))
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(batch, self._shown(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._shown(logs))
+
+    def on_test_end(self, logs=None):
+        super().on_test_end(self._shown(logs))
+
+
 # --- Reading and plotting ----------------------------------------------------
 
 
@@ -360,17 +382,17 @@ PLOTTED = (("bp_cosine", "hidden"), ("signal_cosine", "hidden"),
            ("weight_alignment", "all"))
 
 
-def plot_alignment(histories: Mapping[str, object], path: str,
-                   plotted=PLOTTED) -> str | None:
+def alignment_figure(histories: Mapping[str, object], plotted=PLOTTED,
+                     title: str | None = None):
     """Alignment over epochs, one line per rule: one panel per tracker
     (bp_cosine and signal_cosine averaged over hidden blocks,
-    weight_alignment over the layers where it is defined).
+    weight_alignment over the layers where it is defined), cosine on the
+    y axis from -1 to 1.
 
     `histories` maps a label (a rule) to a pandas DataFrame read from a
     run's history.csv, or to a list of them (seeds, trials): then the line
-    is their mean per epoch and a band spans their min and max.  Writes a
-    PNG to `path` and returns it; None (nothing written) when no history
-    has a tracker column.
+    is their mean per epoch and a band spans their min and max.  Returns a
+    matplotlib figure, or None when no history has a tracker column.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -395,7 +417,7 @@ def plot_alignment(histories: Mapping[str, object], path: str,
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                             figsize=(4.2 * len(panels), 3.4))
+                             figsize=(4.2 * len(panels), 3.6))
     for ax, (tracker, layers, lines) in zip(axes[0], panels):
         for label, curves in lines.items():
             mean = curves.mean(axis=1)
@@ -407,13 +429,27 @@ def plot_alignment(histories: Mapping[str, object], path: str,
                                 color=line.get_color())
         where = "hidden blocks" if layers == "hidden" else "layers"
         ax.set(title=f"{tracker} (mean over {where})", xlabel="epoch",
-               ylim=(-1.05, 1.05))
+               ylabel="cosine with backprop" if tracker != "weight_alignment"
+               else "cosine of W and feedback", ylim=(-1.05, 1.05))
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(
             integer=True))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize="small", loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_alignment(histories: Mapping[str, object], path: str,
+                   plotted=PLOTTED, title: str | None = None) -> str | None:
+    """`alignment_figure` written as a PNG to `path`; returns the path, or
+    None (nothing written) when no history has a tracker column."""
+    import matplotlib.pyplot as plt
+    fig = alignment_figure(histories, plotted, title)
+    if fig is None:
+        return None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hparams as hparams_lib  # noqa: E402
-from errors import UsageError  # noqa: E402
+from errors import RunFailed, UsageError  # noqa: E402
 
 
 def check_settings(hp) -> None:
@@ -115,7 +115,7 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
     atomic.write_json(os.path.join(workdir, "metrics.json"), metrics)
     if hparams_session:
         import board
-        board.end_session(os.path.join(workdir, "tensorboard"), metrics,
+        board.end_session(os.path.join(workdir, "tensorboard"),
                           failed=metrics["diverged"])
     shutil.rmtree(os.path.join(workdir, "backup"), ignore_errors=True)
     return metrics
@@ -128,6 +128,7 @@ def fit(model, data, hp, workdir, verbose, callbacks, hparams_session):
 
     import faults
     import optimizers
+    import quiet
     import resume
     import trackers
     schedules = learning_rates(hp, data.steps_per_epoch)
@@ -163,6 +164,7 @@ def fit(model, data, hp, workdir, verbose, callbacks, hparams_session):
                                 and model.diagnostics.histograms else 0)),
             *callbacks,
             *([resume.BatchFaultPoint()] if faults.armed() else []),
+            *([] if quiet.verbose() else [trackers.EpochLine()]),
             backup])  # last: an epoch is backed up once it is logged
     return resume.tidy_history(history_csv, backup.train_seconds())
 
@@ -202,7 +204,12 @@ def main(flag_values):
                          "results)")
     hp = hparams_lib.single_run(
         hparams_lib.given_on_command_line(flag_values))
-    metrics = train_and_evaluate(hp, workdir)
+    # A progress bar on a terminal, else one line per epoch.
+    metrics = train_and_evaluate(
+        hp, workdir, verbose="auto" if sys.stdout.isatty() else 2)
+    if metrics["diverged"]:
+        raise RunFailed(f"{workdir}: the run {metrics['diverged_reason']}; "
+                        "its files are kept (try a lower --lr)")
     shown = {k: round(v, 4) for k, v in metrics.items()
              if k.startswith("test_") and isinstance(v, float)}
     print(f"{workdir}: {shown}")

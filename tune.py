@@ -8,7 +8,9 @@ sweep folder:
     sweep.json              the grid, in order, its id, and every command
                             that ran it (with package versions, code revision)
     tuner/                  keras-tuner's oracle and trial records
-    trials/<trial>/         one HParams session per trial (TensorBoard)
+    trials/<trial>/<rule,searched values>/
+                            the trial's HParams session (TensorBoard): its
+                            per-epoch curves, mean over executions
     trials/<trial>/exec<k>/ one run per execution seed: metrics.json,
                             history.csv, model.keras, tensorboard/, backup/
                             while it runs, failure.json if it failed
@@ -28,13 +30,16 @@ address; the sweep folder must be shared (same path on every machine).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
 import sys
 import time
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -235,7 +240,9 @@ def make_oracle(sweep: Sweep):
                       max_trials=n, max_consecutive_failed_trials=n + 1)
 
 
-def make_tuner(hypermodel, oracle, sweep: Sweep, verbose=2):
+def make_tuner(hypermodel, oracle, sweep: Sweep, verbose=2,
+               announce=False):
+    """`verbose`: Keras' fit verbosity; `announce`: a line per trial."""
     import keras_tuner
 
     class SweepTuner(keras_tuner.engine.base_tuner.BaseTuner):
@@ -243,15 +250,19 @@ def make_tuner(hypermodel, oracle, sweep: Sweep, verbose=2):
 
         def run_trial(self, trial, *args, **kwargs):
             return run_trial(sweep, self.hypermodel.build(
-                trial.hyperparameters), verbose)
+                trial.hyperparameters), verbose, announce)
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
             write_results(sweep)
             faults.point("trial_end")
 
-    return SweepTuner(oracle, hypermodel, directory=sweep.path,
-                      project_name="tuner", overwrite=False)
+    import quiet
+    # keras-tuner prints "Reloading Tuner from ..." on every rerun.
+    with (contextlib.nullcontext() if quiet.verbose()
+          else contextlib.redirect_stdout(io.StringIO())):
+        return SweepTuner(oracle, hypermodel, directory=sweep.path,
+                          project_name="tuner", overwrite=False)
 
 
 # --- Trials -------------------------------------------------------------------
@@ -261,14 +272,21 @@ def execution_dir(sweep: Sweep, index: int, execution: int) -> str:
     return os.path.join(sweep.trial_dir(index), f"exec{execution}")
 
 
-def run_trial(sweep: Sweep, hp, verbose) -> dict:
+def run_trial(sweep: Sweep, hp, verbose, announce=False) -> dict:
     """Every execution seed of one configuration; a failed one fails the
     trial with its reason.  Executions already finished are read, not
-    rerun."""
+    rerun.  `announce`: one line when it starts, one when it ends."""
     import board
     import keras_tuner
     index = sweep.index_of(hp)
     name = sweep.trial_name(index)
+    progress = f"[{index + 1}/{len(sweep.configs)}]"
+    if announce:
+        print(f"{progress} {describe(hp, sweep.searched)}", flush=True)
+    began = time.time()
+    session = os.path.join(sweep.trial_dir(index),
+                           board.session_name(hp, sweep.searched))
+    board.start_session(session, dict(hp), name)
     results = []
     failure = None
     for execution in range(hp.executions_per_trial):
@@ -278,13 +296,37 @@ def run_trial(sweep: Sweep, hp, verbose) -> dict:
         if failure:
             break
         results.append(metrics)
-    session = sweep.trial_dir(index)
-    board.start_session(session, dict(hp), name)
-    board.end_session(session, mean_metrics(results), failed=bool(failure))
+    board.write_curves(session, histories(
+        sweep, index, len(results) + bool(failure)))
+    board.end_session(session, failed=bool(failure))
     if failure:
+        if announce:
+            print(f"{progress} FAILED: {failure}", flush=True)
         raise keras_tuner.errors.FailedTrialError(f"{name}: {failure}")
     values = [objective_value(m, sweep.objective) for m in results]
-    return {sweep.objective: sum(values) / len(values)}
+    objective = sum(values) / len(values)
+    if announce:
+        means = mean_metrics(results)
+        shown = "".join(f", {k} {means[k]:.4g}" for k in (
+            "test_accuracy",) if k in means and k != sweep.objective)
+        print(f"{progress} done in {time.time() - began:.0f} s: "
+              f"{sweep.objective} {objective:.4g}{shown}", flush=True)
+    return {sweep.objective: objective}
+
+
+def describe(hp, searched) -> str:
+    """The searched values of a configuration (its rule if none is)."""
+    from board import value_text
+    return " ".join(f"{n}={value_text(hp[n])}" for n in searched) or \
+        f"algorithm={hp['algorithm']}"
+
+
+def histories(sweep: Sweep, index: int, executions: int) -> list:
+    """The history.csv frames of a trial's first `executions` runs."""
+    import pandas as pd
+    paths = [os.path.join(execution_dir(sweep, index, k), "history.csv")
+             for k in range(executions)]
+    return [pd.read_csv(p) for p in paths if os.path.exists(p)]
 
 
 def run_execution(hp, workdir, verbose):
@@ -301,6 +343,9 @@ def run_execution(hp, workdir, verbose):
             metrics = train.train_and_evaluate(hp, workdir, verbose=verbose,
                                                hparams_session=False)
         except Exception as error:  # a trial's crash must not end the sweep
+            import quiet
+            if quiet.verbose():
+                traceback.print_exc()
             reason = f"{type(error).__name__}: {error}".splitlines()[0]
             atomic.write_json(os.path.join(workdir, "failure.json"),
                               {"reason": reason})
@@ -382,7 +427,10 @@ def show_table(frame, searched) -> str:
     metrics = [c for c in ("loss", "val_loss", "test_loss", "test_accuracy",
                            "train_seconds", "failure") if c in frame]
     columns = ["trial_id", "execution", "status", *searched, *metrics]
-    return frame[[c for c in columns if c in frame]].to_string(
+    frame = frame[[c for c in columns if c in frame]]
+    if "failure" in frame:  # (blank, not NaN, where nothing failed)
+        frame = frame.assign(failure=frame["failure"].fillna(""))
+    return frame.to_string(
         index=False, float_format=lambda v: f"{v:.4g}")
 
 
@@ -411,26 +459,29 @@ def run_sweep(given, sweep_dir, verbose=True):
     for dataset in sorted({c["dataset"] for c in configs}):
         datasets.load_arrays({**configs[0], "dataset": dataset})
     created = not os.path.exists(sweep_dir)
+    import quiet
+    details = verbose and quiet.verbose()  # -v: keras-tuner's own output
     try:
         sweep = open_sweep(sweep_dir, configs, space)
         make_atomic_tuner_state()
         import hypermodels
+        import keras_tuner
+        keras_tuner.src.config.DEBUG = details  # its traceback per failure
         tuner = make_tuner(hypermodels.ProjectionHyperModel(space),
                            make_oracle(sweep), sweep,
-                           verbose=2 if verbose else 0)
+                           verbose=2 if details else 0, announce=verbose)
     except Exception:
         if created:
             shutil.rmtree(sweep_dir, ignore_errors=True)
         raise
     import board  # (TensorFlow: only once the sweep is known to be valid)
-    board.write_experiment(os.path.join(sweep_dir, "trials"), space,
-                           board.FINAL_METRICS)
+    board.write_experiment(os.path.join(sweep_dir, "trials"), space)
     if verbose:
         print(f"Sweep {sweep_dir} ({sweep.sweep_id}): {len(configs)} "
               f"configuration(s) over {', '.join(sweep.searched) or 'nothing'}",
               flush=True)
     faults.point("startup")
-    tuner.search(verbose=1 if verbose else 0)
+    tuner.search(verbose=1 if details else 0)
     frame = write_results(sweep)
     if verbose and not frame.empty:
         print(show_table(frame, sweep.searched))

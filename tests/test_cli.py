@@ -1,17 +1,26 @@
 """Bad input: one line naming the problem (and the valid choices), exit
-status 2, nothing written."""
+status 2, no traceback, nothing written; on train.py and tune.py (what
+train.bash runs) alike, and on report.py.  A single run that diverges is
+not bad input: one line, exit status 3, its files kept."""
 
+import gzip
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import cli
 import hparams
+import report
 import train
 import tune
-from conftest import ROOT
+from conftest import ROOT, SHARED_DATA
+
+FMNIST = os.path.join(SHARED_DATA, "fashion-mnist")
 
 BAD_INPUTS = {
     "unknown dataset": (["--dataset=imagenet"], "valid: digits, mnist"),
@@ -34,31 +43,289 @@ BAD_INPUTS = {
     "not a number": (["--lr=fast"], "not a valid float"),
     "unknown flag": (["--learning_rate=1"], "Unknown command line flag"),
     "list in a single run": (["--lr=1e-3,1e-2"], "single run takes one"),
+    # Damaged data files (written by the `bad_data` fixture), named.
+    "truncated mnist.npz": (["--dataset=mnist", "--data_dir={data}/cut_npz"],
+                            "cut_npz/mnist.npz' is unusable (not a complete "
+                            ".npz archive"),
+    "text mnist.npz": (["--dataset=mnist", "--data_dir={data}/text_npz"],
+                       "text_npz/mnist.npz' is unusable"),
+    "mnist.npz without x_train": (["--dataset=mnist",
+                                   "--data_dir={data}/no_x_train"],
+                                  "no array x_train; Keras' layout has "
+                                  "x_train, y_train, x_test, y_test"),
+    "mnist.npz of mismatched arrays": (["--dataset=mnist",
+                                        "--data_dir={data}/mismatched"],
+                                       "(5, 28, 28) images and (4,) labels "
+                                       "do not match"),
+    "truncated fmnist gzip": (["--dataset=fmnist",
+                               "--data_dir={data}/cut_gz"],
+                              "fashion-mnist/train-images-idx3-ubyte.gz' "
+                              "is unusable (not a complete gzip file"),
+    "fmnist file not gzip": (["--dataset=fmnist", "--data_dir={data}/raw"],
+                             "fashion-mnist/train-labels-idx1-ubyte.gz' is "
+                             "unusable (not a complete gzip file: "
+                             "BadGzipFile"),
+    "fmnist idx cut short": (["--dataset=fmnist",
+                              "--data_dir={data}/cut_idx"],
+                             "t10k-labels-idx1-ubyte.gz' is unusable (9999 "
+                             "bytes of data for a [10000] array: truncated"),
+    "fmnist file missing": (["--dataset=fmnist",
+                             "--data_dir={data}/three_of_four"],
+                            "three_of_four/fashion-mnist/t10k-labels-idx1-"
+                            "ubyte.gz' not found"),
+    "fmnist folder missing": (["--dataset=fmnist", "--data_dir={empty}"],
+                              "empty/fashion-mnist/train-images-idx3-ubyte"
+                              ".gz' not found"),
+    "truncated cifar10 batch": (["--dataset=cifar10",
+                                 "--data_dir={data}/cut_pickle"],
+                                "cifar-10-batches-py/data_batch_1' is "
+                                "unusable (not a CIFAR batch"),
+    "cifar10 batch without labels": (["--dataset=cifar10",
+                                      "--data_dir={data}/no_labels"],
+                                     "test_batch' is unusable (not a CIFAR "
+                                     "batch (a pickled dict with b'data' and "
+                                     "b'labels')"),
+    "corrupt cifar100 tarball": (["--dataset=cifar100",
+                                  "--data_dir={data}/bad_tar"],
+                                 "cifar-100-python.tar.gz' is unusable (not "
+                                 "a complete .tar.gz"),
+    # Numbers out of range.
+    "infinite learning rate": (["--lr=inf"], "--lr=inf: must be a finite "
+                               "number"),
+    "overflowing learning rate": (["--lr=1e400"], "--lr=inf: must be a "
+                                  "finite number"),
+    "nan learning rate": (["--lr=nan"], "--lr=nan: must be a finite number"),
+    "infinite weight decay": (["--weight_decay=inf"], "must be a finite"),
+    "infinite feedback lr": (["--fb_lr=-inf"], "must be a finite"),
+    "seed of 2**32": (["--seed=4294967296"], "--seed=4294967296: must be in "
+                      "[0, 4294967295]"),
+    "negative seed": (["--seed=-1"], "must be in [0, 4294967295]"),
+    "seeds past 2**32": (["--seed=4294967295", "--executions_per_trial=2"],
+                         "runs seed 4294967296 (valid seeds: 0 to "
+                         "4294967295)"),
+    "dropout of one": (["--dropout=1"], "must be in [0, 1)"),
+    "no executions": (["--executions_per_trial=0"], "must be positive"),
+    "imbalance below one": (["--imbalance_factor=0.5"], "must be at least 1"),
+    "fractional epochs": (["--epochs=1.5"], "'1.5' is not a valid int"),
+    "not a boolean": (["--batch_norm=maybe"], "not a boolean (valid: true, "
+                      "false)"),
+    # Choices and combinations.
+    "unknown objective": (["--objective=accuracy"], "valid: loss, val_loss, "
+                          "error_rate, val_error_rate"),
+    "unknown optimizer": (["--optimizer=rmsprop"], "valid: adam, sgd"),
+    "unknown scaler": (["--scaler=minmax"], "valid: standard, zero_one"),
+    "unknown tracker": (["--tracker=bp_cosine,hessian"],
+                        "unknown tracker 'hessian' (valid: bp_cosine"),
+    "val_loss without validation": (["--objective=val_loss",
+                                      "--validation_frac=0"],
+                                     "objective 'val_loss' needs validation "
+                                     "data, but --validation_frac=0 holds "
+                                     "none out (valid: --validation_frac in "
+                                     "(0, 1), or --objective=loss)"),
+    "val_error_rate without validation": (
+        ["--objective=val_error_rate", "--validation_frac=0"],
+        "or --objective=error_rate)"),
+    "error rate of a reconstruction": (["--problem_type=reconstruction",
+                                        "--objective=val_error_rate"],
+                                       "needs labels (valid for "
+                                       "reconstruction: loss, val_loss)"),
+    "stray argument": (["mnist"], "unexpected argument(s) ['mnist']"),
 }
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory):
+    """Folders of damaged data files, one kind of damage each."""
+    root = tmp_path_factory.mktemp("bad_data")
+
+    def folder(*parts):
+        path = root.joinpath(*parts)
+        path.mkdir(parents=True)
+        return path
+    images = np.zeros((4, 28, 28), np.uint8)
+    labels = np.arange(4, dtype=np.uint8)
+    np.savez(folder("whole") / "mnist.npz", x_train=images, y_train=labels,
+             x_test=images, y_test=labels)
+    whole = (root / "whole" / "mnist.npz").read_bytes()
+    (folder("cut_npz") / "mnist.npz").write_bytes(whole[:len(whole) // 2])
+    (folder("text_npz") / "mnist.npz").write_text("x_train,y_train\n1,2\n")
+    np.savez(folder("no_x_train") / "mnist.npz", y_train=labels,
+             x_test=images, y_test=labels)
+    np.savez(folder("mismatched") / "mnist.npz", y_train=labels,
+             x_train=np.zeros((5, 28, 28), np.uint8), x_test=images,
+             y_test=labels)
+
+    def idx(array):
+        """An IDX file's bytes (uint8)."""
+        dims = b"".join(d.to_bytes(4, "big") for d in array.shape)
+        return b"\0\0\x08" + bytes([array.ndim]) + dims + array.tobytes()
+
+    def fmnist(name, **damaged):
+        """fashion-mnist/ with links to the shared files, but `damaged`
+        ({file: bytes, or None for absent})."""
+        sub = folder(name, "fashion-mnist")
+        for file in tune_fmnist_files():
+            if file in damaged:
+                if damaged[file] is not None:
+                    (sub / file).write_bytes(damaged[file])
+            else:
+                os.symlink(os.path.join(FMNIST, file), sub / file)
+    noise = np.random.default_rng(0).integers(0, 256, (100, 28, 28),
+                                              dtype=np.uint8)
+    packed = gzip.compress(idx(noise))
+    fmnist("cut_gz", **{"train-images-idx3-ubyte.gz":
+                        packed[:len(packed) // 2]})
+    fmnist("raw", **{"train-labels-idx1-ubyte.gz": idx(labels)})
+    fmnist("cut_idx", **{"t10k-labels-idx1-ubyte.gz": gzip.compress(
+        idx(np.zeros(10000, np.uint8))[:-1])})
+    fmnist("three_of_four", **{"t10k-labels-idx1-ubyte.gz": None})
+
+    batch = pickle.dumps({b"data": np.zeros((4, 3072), np.uint8),
+                          b"labels": [0, 1, 2, 3]})
+    cut = folder("cut_pickle", "cifar-10-batches-py")
+    no_labels = folder("no_labels", "cifar-10-batches-py")
+    for name in [f"data_batch_{i}" for i in range(1, 6)]:
+        (cut / name).write_bytes(batch[:len(batch) // 2])
+        (no_labels / name).write_bytes(batch)
+    (cut / "test_batch").write_bytes(batch)
+    (no_labels / "test_batch").write_bytes(pickle.dumps(
+        {b"data": np.zeros((4, 3072), np.uint8)}))
+    (folder("bad_tar") / "cifar-100-python.tar.gz").write_bytes(
+        gzip.compress(b"not a tar archive")[:30])
+    return root
+
+
+def tune_fmnist_files():
+    import datasets
+    return datasets.FMNIST_FILES
+
+
+def refused(capsys, status, out):
+    """Exit 2, one line `error: ...` (returned), no traceback, `out` not
+    created."""
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert status == 2, captured.err
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in captured.out + captured.err
+    assert not os.path.exists(out)
+    return err[0]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 @pytest.mark.parametrize("entry", ["train", "tune"])
 def test_bad_input_is_one_line_and_writes_nothing(case, entry, tmp_path,
-                                                  capsys):
+                                                  capsys, bad_data):
     args, expected = BAD_INPUTS[case]
     if entry == "tune" and case == "list in a single run":
         pytest.skip("a sweep takes lists")
+    if "{data}" in " ".join(args) and not os.path.isdir(FMNIST):
+        pytest.skip("no shared data")
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "out"
-    args = [a.format(empty=empty) for a in args]
+    args = [a.format(empty=empty, data=bad_data) for a in args]
     if entry == "train":
         status = cli.run(["train.py", *args, f"--workdir={out}"], train.main,
                          train.FLAGS)
     else:
         status = cli.run(["tune.py", *args, f"--sweep_dir={out}"], tune.main,
                          tune.FLAGS)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert expected in err[0]
-    assert not out.exists()
+    assert expected in refused(capsys, status, out)
+
+
+def test_every_case_is_distinct_and_there_are_forty():
+    assert len(BAD_INPUTS) + len(REPORT_BAD_INPUTS) >= 40
+    assert len({tuple(args) for args, _ in BAD_INPUTS.values()}) == len(
+        BAD_INPUTS)
+
+
+# --- report.py ----------------------------------------------------------------
+
+
+REPORT_BAD_INPUTS = {  # case: (arguments, {damaged record: text}, words)
+    "not a folder": ("{missing}", {}, "no_such: no such folder"),
+    "not a sweep": ("{empty}", {}, "is not a sweep folder (no sweep.json)"),
+    "sweep.json not JSON": ("{sweep}", {"sweep.json": "{not json"},
+                            "sweep.json is damaged (JSONDecodeError); "
+                            "restore it"),
+    "sweep.json not an object": ("{sweep}", {"sweep.json": "[1, 2]"},
+                                 "sweep.json is damaged (no JSON object)"),
+    "sweep.json without grid": (
+        "{sweep}", {"sweep.json": '{"sweep_id": "x", "space": {}, '
+                    '"objective": "loss"}'},
+        "sweep.json is damaged (no grid)"),
+    "metrics.json not JSON": ("{sweep}", {"exec0/metrics.json": "{"},
+                              "exec0/metrics.json is damaged "
+                              "(JSONDecodeError); remove the run's folder"),
+    "failure.json without reason": ("{sweep}", {"exec0/failure.json": "{}"},
+                                    "exec0/failure.json is damaged (no "
+                                    "reason)"),
+    "history.csv not CSV": ("{sweep}", {"exec0/history.csv": '"a,b\n1'},
+                            "exec0/history.csv is damaged"),
+    "--out is a file": ("{sweep} --out={file}", {},
+                        "is a file, not a folder"),
+    "no argument": ("", {}, "the following arguments are required: "
+                    "sweep_dir (usage: report.py SWEEP_DIR [--out DIR]; see "
+                    "--help)"),
+    "unknown option": ("{sweep} --outdir=x", {},
+                       "unrecognized arguments: --outdir=x"),
+    "two folders": ("{sweep} {sweep}", {}, "unrecognized arguments"),
+}
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("report") / "exp")
+    tune.run_sweep({"dataset": ("digits",), "arch": ("8",), "epochs": (1,),
+                    "objective": ("loss",), "use_xla": (False,),
+                    "batch_norm": (False,), "algorithm": ("dfa",),
+                    "lr": (1e-2,)}, path,
+                   verbose=False)
+    return path
+
+
+@pytest.mark.parametrize("case", REPORT_BAD_INPUTS)
+def test_report_refuses_bad_input_with_one_line(case, small_sweep, tmp_path,
+                                                capsys):
+    sweep = str(tmp_path / "copy")
+    shutil.copytree(small_sweep, sweep)
+    trials = os.path.join(sweep, "trials")
+    run = os.path.join(trials, next(t for t in os.listdir(trials)
+                                    if t.startswith("t000")), "exec0")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("")
+    given, damaged, expected = REPORT_BAD_INPUTS[case]
+    for name, text in damaged.items():
+        folder = sweep if name == "sweep.json" else os.path.dirname(run)
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+    args = given.format(missing=tmp_path / "no_such", empty=tmp_path / "empty",
+                        file=tmp_path / "file", sweep=sweep).split()
+    before = sorted(os.listdir(sweep))
+    status = report.main(args)
+    assert expected in refused(capsys, status, os.path.join(sweep, "report"))
+    assert sorted(os.listdir(sweep)) == before
+
+
+# --- A run that fails ---------------------------------------------------------
+
+
+def test_diverged_single_run_says_so_and_exits_3(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = cli.run(["train.py", "--dataset=digits", "--algorithm=bp",
+                      "--activation=relu", "--optimizer=sgd", "--lr=1e10",
+                      "--arch=16", "--epochs=2", "--use_xla=false",
+                      f"--workdir={out}"], train.main, train.FLAGS)
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert status == 3
+    assert err == [f"error: {out}: the run diverged: training loss became nan "
+                   "in epoch 1 (TerminateOnNaN stopped it); its files are "
+                   "kept (try a lower --lr)"]
+    metrics = tune.read_json(str(out / "metrics.json"))
+    assert metrics["diverged"] is True and metrics["epochs_run"] == 1
+    assert os.path.exists(out / "history.csv")
 
 
 def test_real_command_prints_one_line(tmp_path):
@@ -72,6 +339,27 @@ def test_real_command_prints_one_line(tmp_path):
         "error: --arch=256-abc: unknown arch token 'abc' in '256-abc' "
         "(valid tokens: N (dense units), NCk (conv), Pk (max pool))"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".venv")),
+                    reason="train.bash needs the project's .venv")
+def test_train_bash_refuses_a_damaged_file_once(tmp_path, bad_data):
+    """Through train.bash: one line on stderr (TensorFlow, which the sweep
+    imports to check its grid, prints nothing), exit 2, no restart."""
+    sweep = tmp_path / "exp"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("BPFREE_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    result = subprocess.run(
+        [os.path.join(ROOT, "train.bash"), str(sweep), "--dataset=mnist",
+         f"--data_dir={bad_data / 'cut_npz'}"], capture_output=True,
+        text=True, timeout=300, env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: mnist: data file '{bad_data / 'cut_npz' / 'mnist.npz'}' is "
+        "unusable (not a complete .npz archive of arrays (BadZipFile)); "
+        "replace it with the original file"]
+    assert result.stdout == ""
+    assert not sweep.exists()
 
 
 def test_flags_and_tuner_names_are_the_fields():
