@@ -197,10 +197,15 @@ class ProjectionModel(keras.Model):
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         step = self.compute_gradients(x, y)
-        self.optimizer.apply(step.grads, self.forward_variables)
-        if step.feedback_grads:
-            self.feedback_optimizer.apply(step.feedback_grads,
-                                          self.learned_feedback)
+        # No variable moves before every gradient is computed.  The backward
+        # pass of KP reads B, which the optimizer also updates, and grappler
+        # drops the order between that read and the update (without XLA):
+        # the hidden errors could use B of step t + 1.
+        with tf.control_dependencies([*step.grads, *step.feedback_grads]):
+            self.optimizer.apply(step.grads, self.forward_variables)
+            if step.feedback_grads:
+                self.feedback_optimizer.apply(step.feedback_grads,
+                                              self.learned_feedback)
         return self.update_metrics(step.loss, step.target, step.z)
 
     def compute_gradients(self, x, y, training=True) -> "Step":
