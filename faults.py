@@ -5,7 +5,8 @@
 makes the process kill itself with SIGKILL the n-th time (default: first)
 it passes `point(<point>)`.  Unset, `point` does nothing.  The points:
 `startup` (sweep planned, no trial begun), `epoch_end` (an epoch backed
-up), `trial_end` (a trial recorded, the next not begun), `train_batch` (a
+up), `run_end` (a run's model.keras written, its metrics.json not yet),
+`trial_end` (a trial recorded, the next not begun), `train_batch` (a
 training batch done, mid-epoch; passed only when armed, see `armed`).
 """
 

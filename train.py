@@ -89,6 +89,7 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
     import atomic
     import dataloader
     import datasets
+    import faults
     hparams_lib.check(hp)
     datasets.load_arrays(hp)  # a missing file is refused before TF loads
     check_settings(hp)
@@ -112,6 +113,7 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
     with atomic.replacing(os.path.join(workdir, "model.keras"),
                           suffix=".keras") as tmp:
         model.save(tmp)
+    faults.point("run_end")
     atomic.write_json(os.path.join(workdir, "metrics.json"), metrics)
     if hparams_session:
         import board
@@ -173,6 +175,10 @@ def final_metrics(model, data, history) -> dict:
     """Train (inference mode), validation and test metrics after training,
     and whether (and when) the loss diverged."""
     metrics = {}
+    # One fixed order of the training batches, whatever epoch the run ended
+    # in: a run resumed after its last backup trains no epoch, and a sum
+    # over batches in another order differs in its last bits.
+    data.set_epoch(0)
     splits = {"train": data.train, "val": data.validation, "test": data.test}
     for split, ds in splits.items():
         if ds is None:
