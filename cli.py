@@ -1,7 +1,7 @@
 """Command-line entry points: flags generated from hparams.py, and every bad
-input reported as one line (`error: ...`) with exit status 2 (a run that
-failed: status 3).  `-v`/`--verbose` (or BPFREE_VERBOSE=1) shows the details
-that are hidden by default (quiet.py)."""
+input reported as one line (`error: ...`) with exit status 2 (the other
+statuses: errors.py).  `-v`/`--verbose` (or BPFREE_VERBOSE=1) shows the
+details that are hidden by default (quiet.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Callable
 
 import hparams as hparams_lib
 import quiet
-from errors import RunFailed, UsageError
+from errors import RunFailed, StorageError, UsageError, storage_error
 
 
 def make_flags(extra: dict[str, str]):
@@ -47,7 +47,13 @@ def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
         quiet.set_verbose(flag_values.verbose)
         quiet.install()
         main(flag_values)
-    except (UsageError, RunFailed) as error:
+    except (UsageError, RunFailed, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_status
+    except Exception as error:  # a write failed outside our own writers
+        storage = storage_error(error)
+        if storage is None:
+            raise
+        print(f"error: {storage}", file=sys.stderr)
+        return storage.exit_status
     return 0

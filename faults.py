@@ -1,4 +1,5 @@
-"""Crash points, for the tests that prove a sweep survives SIGKILL.
+"""Crash points, for the tests that prove a sweep survives SIGKILL and a
+full disk.
 
     BPFREE_KILL_AT=<point>[:<n>]
 
@@ -8,15 +9,22 @@ it passes `point(<point>)`.  Unset, `point` does nothing.  The points:
 up), `run_end` (a run's model.keras written, its metrics.json not yet),
 `trial_end` (a trial recorded, the next not begun), `train_batch` (a
 training batch done, mid-epoch; passed only when armed, see `armed`).
+
+    BPFREE_DISK_FULL_AFTER=<n>
+
+makes every atomic write (atomic.py: results, records, models, backups)
+after the first n fail as on a full disk (OSError ENOSPC).
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import signal
 
 ENV = "BPFREE_KILL_AT"
+DISK_FULL_ENV = "BPFREE_DISK_FULL_AFTER"
 _passes: collections.Counter = collections.Counter()
 
 
@@ -35,3 +43,13 @@ def point(name: str) -> None:
     _passes[name] += 1
     if _passes[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_point(path: str) -> None:
+    """Called before each atomic write of `path`."""
+    spec = os.environ.get(DISK_FULL_ENV)
+    if not spec:
+        return
+    _passes["write"] += 1
+    if _passes["write"] > int(spec):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)

@@ -28,6 +28,7 @@ import numpy as np
 
 import atomic
 import faults
+from errors import StorageError
 
 STATE = "state.json"
 ATTEMPTS = "attempts.jsonl"
@@ -66,10 +67,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _save_model(self):
         old = read_json(self.state_path)
-        name = f"epoch{self._current_epoch}.weights.h5"
-        path = os.path.join(self.backup_dir, name)
-        with atomic.replacing(path, suffix=".weights.h5") as tmp:
-            self.model.save_weights(tmp, overwrite=True)
+        # A .keras file (written from memory: atomic.save_model); Keras'
+        # load_weights reads it as it reads a .weights.h5.
+        name = f"epoch{self._current_epoch}.keras"
+        atomic.save_model(self.model, os.path.join(self.backup_dir, name))
         # In model order: their names are numbered per process
         # (seed_generator_7), so a new process would not find them by name.
         seeds = [np.asarray(v.numpy()).tolist()
@@ -121,11 +122,15 @@ class BatchFaultPoint(keras.callbacks.Callback):
 
 def log_attempt(workdir: str, start_epoch: int) -> None:
     """One line per start of a run (an append of one short line)."""
-    with open(os.path.join(workdir, ATTEMPTS), "a") as f:
-        f.write(json.dumps({
-            "start_epoch": start_epoch, "time": round(time.time(), 3),
-            "pid": os.getpid(),
-            "tuner_id": os.environ.get("KERASTUNER_TUNER_ID")}) + "\n")
+    path = os.path.join(workdir, ATTEMPTS)
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps({
+                "start_epoch": start_epoch, "time": round(time.time(), 3),
+                "pid": os.getpid(),
+                "tuner_id": os.environ.get("KERASTUNER_TUNER_ID")}) + "\n")
+    except OSError as error:
+        raise StorageError(path, error.strerror or str(error)) from error
 
 
 def attempts(workdir: str) -> list[dict]:

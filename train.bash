@@ -5,7 +5,8 @@
 # their grid (a,b,c or all); see hparams.py.  If the sweep crashes, it is
 # started again (up to BPFREE_MAX_RESTARTS times, default 5) and continues
 # where it stopped; the reason of each crash is printed.  A bad setting
-# (exit 2) or an interrupt (Ctrl-C, SIGTERM) is not retried.
+# (exit 2), a failed write (exit 4: a full disk) or an interrupt (Ctrl-C,
+# SIGTERM) is not retried (errors.py lists the exit statuses).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 if [[ $# -lt 1 || "$1" == -* ]]; then
@@ -38,7 +39,8 @@ for (( attempt = 0; ; attempt++ )); do
   wait  # let tee flush the log
   case "$status" in
     0) exit 0 ;;
-    2|130|143) exit "$status" ;;  # bad input, Ctrl-C, SIGTERM: not a crash
+    2|4|130|143) exit "$status" ;;  # bad input, disk full (or unwritable),
+                                    # Ctrl-C, SIGTERM: not a crash
   esac
   echo "train.bash: the sweep crashed ($(crash_reason "$status"))" >&2
   if (( attempt >= max_restarts )); then

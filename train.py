@@ -110,9 +110,7 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
                   hparams_session)
     metrics = final_metrics(model, data, history)
     metrics.update(hparams=dict(hp))
-    with atomic.replacing(os.path.join(workdir, "model.keras"),
-                          suffix=".keras") as tmp:
-        model.save(tmp)
+    atomic.save_model(model, os.path.join(workdir, "model.keras"))
     faults.point("run_end")
     atomic.write_json(os.path.join(workdir, "metrics.json"), metrics)
     if hparams_session:

@@ -45,7 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import faults  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
-from errors import UsageError  # noqa: E402
+from errors import StorageError, UsageError, storage_error  # noqa: E402
 
 SWEEP_LEVEL = ("objective", "executions_per_trial")  # one value per sweep
 SWEEP_FILE = "sweep.json"
@@ -249,8 +249,18 @@ def make_tuner(hypermodel, oracle, sweep: Sweep, verbose=2,
         """Runs each trial's executions; the objective is their mean."""
 
         def run_trial(self, trial, *args, **kwargs):
-            return run_trial(sweep, self.hypermodel.build(
-                trial.hyperparameters), verbose, announce)
+            try:
+                return run_trial(sweep, self.hypermodel.build(
+                    trial.hyperparameters), verbose, announce)
+            except Exception as error:
+                storage = storage_error(error)
+                if storage is None:
+                    raise
+                # keras-tuner would record the trial as INVALID and never
+                # run it again; a FatalError ends the search with the trial
+                # still running, so that a rerun resumes it.
+                raise keras_tuner.errors.FatalError(str(storage)) \
+                    from storage
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
@@ -343,6 +353,8 @@ def run_execution(hp, workdir, verbose):
             metrics = train.train_and_evaluate(hp, workdir, verbose=verbose,
                                                hparams_session=False)
         except Exception as error:  # a trial's crash must not end the sweep
+            if storage_error(error, workdir):
+                raise  # the disk's fault, not the trial's: stop the sweep
             import quiet
             if quiet.verbose():
                 traceback.print_exc()
@@ -481,7 +493,13 @@ def run_sweep(given, sweep_dir, verbose=True):
               f"configuration(s) over {', '.join(sweep.searched) or 'nothing'}",
               flush=True)
     faults.point("startup")
-    tuner.search(verbose=1 if details else 0)
+    import keras_tuner
+    try:
+        tuner.search(verbose=1 if details else 0)
+    except keras_tuner.errors.FatalError as error:
+        if isinstance(error.__cause__, StorageError):
+            raise error.__cause__ from None
+        raise
     frame = write_results(sweep)
     if verbose and not frame.empty:
         print(show_table(frame, sweep.searched))
