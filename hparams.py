@@ -65,6 +65,10 @@ class Field:
     # A set of choices (repeatable flag, or commas): always one pinned value,
     # the chosen names joined by commas; never a sweep grid.
     multiple: bool = False
+    # Says where things are (a folder), not what is run: not part of a
+    # sweep's identity, so the same sweep continues on a machine that mounts
+    # the data elsewhere, or with $BPFREE_DATA_DIR in place of the flag.
+    location: bool = False
 
     def parse_one(self, text: str) -> Any:
         text = text.strip()
@@ -168,7 +172,8 @@ FIELDS: tuple[Field, ...] = (
     # What to learn.
     Field("dataset", str, "digits", "Dataset.", choices=DATASETS),
     Field("data_dir", str, "", "Folder holding the dataset files (default: "
-          f"${DATA_DIR_ENV}, else Keras' cache, downloading when absent)."),
+          f"${DATA_DIR_ENV}, else Keras' cache, downloading when absent).",
+          location=True),
     Field("problem_type", str, "classification", "Classify the labels or "
           "reconstruct the input.", choices=PROBLEM_TYPES),
     Field("examples_frac", float, 1.0, "Stratified fraction of the training "
@@ -274,6 +279,7 @@ FIELDS: tuple[Field, ...] = (
 )
 
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+LOCATION_FIELDS = tuple(f.name for f in FIELDS if f.location)
 
 
 class HParams(dict):

@@ -25,7 +25,11 @@ class ProjectionHyperModel(keras_tuner.HyperModel):
     def build(self, hp) -> hparams_lib.HParams:
         values = {}
         for name, choices in self.space.items():
-            if len(choices) == 1:
+            if name in hparams_lib.LOCATION_FIELDS:
+                # Where this process finds things: not a value of the trial
+                # (a resumed trial keeps the values it was created with).
+                values[name] = choices[0]
+            elif len(choices) == 1:
                 values[name] = hp.Fixed(name, choices[0])
             else:
                 values[name] = hp.Choice(name, list(choices), ordered=False)

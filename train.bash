@@ -6,15 +6,16 @@
 # started again (up to BPFREE_MAX_RESTARTS times, default 5) and continues
 # where it stopped; the reason of each crash is printed.  A bad setting
 # (exit 2), a failed write (exit 4: a full disk) or an interrupt (Ctrl-C,
-# SIGTERM) is not retried (errors.py lists the exit statuses).
+# SIGTERM) is not retried (errors.py lists the exit statuses).  Relative
+# paths (the folder, --data_dir) are relative to where it is called from.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"  # the repository
 if [[ $# -lt 1 || "$1" == -* ]]; then
   echo "usage: ./train.bash SWEEP_DIR [--field=value ...]   (fields: hparams.py)" >&2
   exit 2
 fi
 sweep_dir="$1"; shift
-scripts/ensure_env.sh || exit $?
+"$here/scripts/ensure_env.sh" || exit $?
 
 max_restarts="${BPFREE_MAX_RESTARTS:-5}"
 stderr_log="$(mktemp)"
@@ -34,7 +35,8 @@ crash_reason() {  # exit status -> words, with the last error line if any
 }
 
 for (( attempt = 0; ; attempt++ )); do
-  .venv/bin/python tune.py --sweep_dir="$sweep_dir" "$@" 2> >(tee "$stderr_log" >&2)
+  "$here/.venv/bin/python" "$here/tune.py" --sweep_dir="$sweep_dir" "$@" \
+    2> >(tee "$stderr_log" >&2)
   status=$?
   wait  # let tee flush the log
   case "$status" in

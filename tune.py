@@ -58,6 +58,13 @@ def values_hash(values) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def identity(values) -> dict:
+    """What a configuration runs, without where it finds things
+    (hparams.LOCATION_FIELDS: data_dir): what makes a sweep the same."""
+    return {k: v for k, v in values.items()
+            if k not in hparams_lib.LOCATION_FIELDS}
+
+
 # --- The grid, persisted ------------------------------------------------------
 
 
@@ -75,9 +82,10 @@ class Sweep:
         return f"t{index:03d}-{self.sweep_id}"
 
     def index_of(self, values) -> int:
-        wanted = values_hash({k: values[k] for k in self.configs[0]})
+        wanted = values_hash({k: values[k]
+                              for k in identity(self.configs[0])})
         for index, config in enumerate(self.configs):
-            if values_hash(config) == wanted:
+            if values_hash(identity(config)) == wanted:
                 return index
         raise KeyError(f"configuration not in the grid of {self.path}")
 
@@ -105,8 +113,9 @@ def first_problem(space) -> str:
     return "no valid configuration"
 
 
-def invocation() -> dict:
-    """What ran the sweep: command, versions, code revision, machine."""
+def invocation(space) -> dict:
+    """What ran the sweep: command, versions, code revision, machine, and
+    where it read its data (not part of the sweep's identity)."""
     import importlib.metadata
     import platform
     import subprocess
@@ -127,7 +136,9 @@ def invocation() -> dict:
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
+    data_dir = hparams_lib.data_dir({"data_dir": space["data_dir"][0]})
     return {"command": [sys.executable, *sys.argv], "cwd": os.getcwd(),
+            "data_dir": os.path.abspath(data_dir) if data_dir else None,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": platform.node(), "python": platform.python_version(),
             "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"),
@@ -152,19 +163,20 @@ def open_sweep(sweep_dir, configs, space) -> Sweep:
     if is_worker:
         wait_for(path, WORKER_WAIT_SECONDS)
     plan = read_json(path)
-    configs = [dict(c) for c in json.loads(json.dumps(configs, default=str))]
+    configs = [identity(c) for c in
+               json.loads(json.dumps(configs, default=str))]
     if plan is None:
         plan = {"sweep_id": os.urandom(3).hex(), "grid": configs,
-                "space": {k: list(v) for k, v in space.items()},
+                "space": {k: list(v) for k, v in identity(space).items()},
                 "objective": space["objective"][0], "invocations": []}
-    elif [values_hash(c) for c in plan["grid"]] != \
+    elif [values_hash(identity(c)) for c in plan["grid"]] != \
             [values_hash(c) for c in configs]:
         raise UsageError(
             f"{sweep_dir} holds another sweep ({len(plan['grid'])} "
             f"configuration(s)); rerun it with the flags in "
             f"{path} or use a new folder")
     if not is_worker:
-        plan["invocations"].append(invocation())
+        plan["invocations"].append(invocation(space))
         atomic.write_json(path, plan)
     searched = [name for name, values in plan["space"].items()
                 if len(values) > 1]
@@ -176,8 +188,9 @@ def check_same_sweep(sweep_dir, space) -> None:
     """Refuses, before TensorFlow loads, to mix another grid into a sweep
     folder (open_sweep checks the grid itself again)."""
     plan = read_json(os.path.join(sweep_dir, SWEEP_FILE))
-    if plan is not None and values_hash(plan["space"]) != values_hash(
-            {k: list(v) for k, v in space.items()}):
+    space = identity(space)
+    if plan is not None and values_hash(identity(plan["space"])) != \
+            values_hash({k: list(v) for k, v in space.items()}):
         changed = sorted(k for k in space
                          if values_hash(plan["space"].get(k))
                          != values_hash(list(space[k])))
@@ -452,7 +465,7 @@ def show_table(frame, searched) -> str:
 def plan_grid(given):
     """The space and its valid configurations, in order; refuses a sweep
     that cannot run."""
-    for name in SWEEP_LEVEL:
+    for name in (*SWEEP_LEVEL, *hparams_lib.LOCATION_FIELDS):
         if len(given.get(name, ())) > 1:
             raise UsageError(f"--{name} takes one value per sweep")
     space = hparams_lib.search_space(given)
