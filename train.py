@@ -90,7 +90,9 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
     import dataloader
     import datasets
     import faults
+    import folders
     hparams_lib.check(hp)
+    folders.check_writable(workdir, "--workdir")
     datasets.load_arrays(hp)  # a missing file is refused before TF loads
     check_settings(hp)
     if os.path.exists(os.path.join(workdir, "metrics.json")):

@@ -156,13 +156,10 @@ def open_sweep(sweep_dir, configs, space) -> Sweep:
     workers wait for it.
     """
     import atomic
-    import keras_tuner
     path = os.path.join(sweep_dir, SWEEP_FILE)
-    is_worker = (keras_tuner.src.distribute.utils.has_chief_oracle()
-                 and not keras_tuner.src.distribute.utils.is_chief_oracle())
-    if is_worker:
+    if is_worker():
         wait_for(path, WORKER_WAIT_SECONDS)
-    plan = read_json(path)
+    plan = read_plan(sweep_dir)
     configs = [identity(c) for c in
                json.loads(json.dumps(configs, default=str))]
     if plan is None:
@@ -175,7 +172,7 @@ def open_sweep(sweep_dir, configs, space) -> Sweep:
             f"{sweep_dir} holds another sweep ({len(plan['grid'])} "
             f"configuration(s)); rerun it with the flags in "
             f"{path} or use a new folder")
-    if not is_worker:
+    if not is_worker():
         plan["invocations"].append(invocation(space))
         atomic.write_json(path, plan)
     searched = [name for name, values in plan["space"].items()
@@ -184,10 +181,47 @@ def open_sweep(sweep_dir, configs, space) -> Sweep:
                  plan["objective"])
 
 
+def is_worker() -> bool:
+    """A worker of keras-tuner's chief/worker mode (not the chief)."""
+    from keras_tuner.src.distribute import utils
+    return utils.has_chief_oracle() and not utils.is_chief_oracle()
+
+
+PLAN_KEYS = {"sweep_id": str, "grid": list, "space": dict, "objective": str,
+             "invocations": list}
+
+
+def read_plan(sweep_dir):
+    """sweep.json, None in a new folder; refuses a damaged one."""
+    import folders
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    plan = folders.read_record(path, hint="use a new folder")
+    if plan is None:
+        return None
+    wrong = [key for key, kind in PLAN_KEYS.items()
+             if not isinstance(plan.get(key), kind)]
+    if wrong or not plan["grid"] or not all(isinstance(c, dict)
+                                            for c in plan["grid"]):
+        raise UsageError(f"{path} is damaged (not a sweep record: "
+                         f"{', '.join(wrong) or 'grid'} missing or wrong); "
+                         "restore it or use a new folder")
+    return plan
+
+
+def check_records(sweep_dir) -> None:
+    """Refuses, before anything is written, a sweep whose run records
+    (metrics.json, failure.json) are damaged."""
+    import glob
+    for name in ("metrics.json", "failure.json"):
+        for path in sorted(glob.glob(os.path.join(
+                glob.escape(sweep_dir), "trials", "*", "exec*", name))):
+            read_json(path)
+
+
 def check_same_sweep(sweep_dir, space) -> None:
     """Refuses, before TensorFlow loads, to mix another grid into a sweep
     folder (open_sweep checks the grid itself again)."""
-    plan = read_json(os.path.join(sweep_dir, SWEEP_FILE))
+    plan = read_plan(sweep_dir)
     space = identity(space)
     if plan is not None and values_hash(identity(plan["space"])) != \
             values_hash({k: list(v) for k, v in space.items()}):
@@ -201,10 +235,9 @@ def check_same_sweep(sweep_dir, space) -> None:
 
 
 def read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """A record of the sweep (None if absent); a damaged one is refused."""
+    import folders
+    return folders.read_record(path)
 
 
 def wait_for(path, seconds):
@@ -404,7 +437,7 @@ def results_table(sweep_dir):
     folders alone, so it works while a sweep runs or after it was
     interrupted.  Best first by the objective; failures last."""
     import pandas as pd
-    plan = read_json(os.path.join(sweep_dir, SWEEP_FILE))
+    plan = read_plan(sweep_dir)
     if plan is None:
         raise UsageError(f"{sweep_dir} is not a sweep folder (no "
                          f"{SWEEP_FILE})")
@@ -477,13 +510,20 @@ def plan_grid(given):
 
 
 def run_sweep(given, sweep_dir, verbose=True):
-    """Validates the sweep, runs the trials not yet done, writes results."""
+    """Validates the sweep, runs the trials not yet done, writes results.
+
+    The folder is held (folders.hold_sweep) from before the first write to
+    the end; another sweep on it is refused."""
     import datasets
+    import folders
+    folders.check_writable(sweep_dir, "--sweep_dir")
     check_same_sweep(sweep_dir, hparams_lib.search_space(given))
+    check_records(sweep_dir)
     space, configs = plan_grid(given)
     for dataset in sorted({c["dataset"] for c in configs}):
         datasets.load_arrays({**configs[0], "dataset": dataset})
     created = not os.path.exists(sweep_dir)
+    lock = None if is_worker() else folders.hold_sweep(sweep_dir)
     import quiet
     details = verbose and quiet.verbose()  # -v: keras-tuner's own output
     try:
@@ -498,6 +538,8 @@ def run_sweep(given, sweep_dir, verbose=True):
     except Exception:
         if created:
             shutil.rmtree(sweep_dir, ignore_errors=True)
+            if lock is not None:
+                lock.release()
         raise
     import board  # (TensorFlow: only once the sweep is known to be valid)
     board.write_experiment(os.path.join(sweep_dir, "trials"), space)
@@ -517,6 +559,8 @@ def run_sweep(given, sweep_dir, verbose=True):
     if verbose and not frame.empty:
         print(show_table(frame, sweep.searched))
         print(f"Results: {os.path.join(sweep_dir, RESULTS_FILE)}")
+    if lock is not None:
+        lock.release()
     return frame
 
 

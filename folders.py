@@ -1,0 +1,120 @@
+"""The folders a run or a sweep writes into: refusing unusable ones before
+anything is written, and one sweep process per folder.
+
+A sweep folder is held by the process that runs it, through an exclusive
+`flock` on `<sweep>/sweep.lock`; the file names the holder (pid, host,
+start time).  A second sweep on the same folder is refused with one line
+naming the holder.  The kernel releases the lock when its holder ends,
+however it ends (SIGKILL included), so a lock file left behind never blocks
+a rerun.  keras-tuner's chief/worker mode puts several processes on one
+folder by design: the chief holds the lock, the workers do not take it.
+
+A process holds a folder until it releases it or ends; holding it again
+from the same process (a rerun in one Python session, after an error)
+is not refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import time
+
+from errors import StorageError, UsageError
+
+LOCK_FILE = "sweep.lock"
+_held: dict = {}  # real path of a sweep folder -> its SweepLock
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Refuses a folder that cannot be created or written: a regular file,
+    a path through a file, a folder without write permission."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = ("is a file" if existing == os.path.abspath(path)
+                 else f"is inside {existing}, which is a file")
+        raise UsageError(f"{flag}={path} {where}, not a folder (give a new "
+                         "or an existing folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}={path}: cannot write in {existing} "
+                         "(permission denied, or a read-only file system); "
+                         "choose a folder you can write in")
+
+
+def read_record(path: str,
+                hint: str = "delete it to run that part again"):
+    """The JSON object in `path`, None if there is no such file; refuses a
+    damaged one (a write that never finished, an edit by hand), saying what
+    to do (`hint`)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"{path} is damaged ({error}); restore it, or "
+                         f"{hint}") from None
+    if not isinstance(record, dict):
+        raise UsageError(f"{path} is damaged (not a JSON object); restore "
+                         f"it, or {hint}")
+    return record
+
+
+def hold_sweep(sweep_dir: str) -> "SweepLock":
+    """Holds `sweep_dir` for this process; refuses one another holds."""
+    key = os.path.realpath(sweep_dir)
+    if key not in _held:
+        _held[key] = SweepLock(sweep_dir)
+    return _held[key]
+
+
+class SweepLock:
+    """Holds a sweep folder until `release` (or the process's end)."""
+
+    def __init__(self, sweep_dir: str):
+        self.key = os.path.realpath(sweep_dir)
+        self.path = os.path.join(sweep_dir, LOCK_FILE)
+        try:
+            os.makedirs(sweep_dir, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise StorageError(self.path, error.strerror) from error
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.holder()
+            os.close(self.fd)
+            raise UsageError(
+                f"{sweep_dir} is in use by another sweep ({holder}); wait "
+                "for it to end, or use a new folder (to run one sweep with "
+                "several processes, use the chief/worker mode: README, "
+                "'Several machines')") from None
+        record = json.dumps({"pid": os.getpid(), "host": platform.node(),
+                             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, (record + "\n").encode(), 0)
+        except OSError as error:
+            self.release()
+            raise StorageError(self.path, error.strerror) from error
+
+    def holder(self) -> str:
+        """Who holds the lock, in words, from the file it wrote."""
+        try:
+            with open(self.path) as f:
+                record = json.load(f)
+            return (f"pid {record['pid']} on host {record['host']}, since "
+                    f"{record['since']}")
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a process that is starting"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor unlocks
+            self.fd = None
+        if _held.get(self.key) is self:
+            del _held[self.key]
