@@ -26,6 +26,10 @@ Distributed: start the same command with KERASTUNER_TUNER_ID=chief (it
 serves the grid) and with KERASTUNER_TUNER_ID=worker<k> on every worker, all
 with KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT set to the chief's
 address; the sweep folder must be shared (same path on every machine).
+Outside that mode one process runs a sweep folder at a time: it holds
+`sweep.lock` (folders.py), and a second one is refused.  A write that fails
+(a full disk) stops the sweep (errors.StorageError, exit status 4) with
+the trial left running, not failed, so that a rerun resumes it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Files a run and a sweep write get the permissions the umask gives (0644
-under umask 022, folders 0755), so that a team can read the results."""
+under umask 022, folders 0755), so that a team can read the results; the
+Docker image does not run as root."""
 
 import os
+import re
 
 import keras
 import pytest
@@ -10,6 +12,7 @@ import atomic
 import hparams
 import train
 import tune
+from conftest import ROOT
 
 QUICK = {"dataset": ("digits",), "arch": ("8",), "epochs": (2,),
          "objective": ("loss",), "use_xla": (False,),
@@ -80,3 +83,18 @@ def test_atomic_writes_follow_another_umask(tmp_path, umask):
     atomic.write_text(str(tmp_path / "a" / "results.csv"), "x\n")
     assert os.stat(tmp_path / "a" / "results.csv").st_mode & 0o777 == 0o640
     assert os.stat(tmp_path / "a").st_mode & 0o777 == 0o750
+
+
+def test_the_docker_image_is_not_root_and_the_readme_mounts_the_data():
+    """(No Docker here: what the image and the README's command say.)"""
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        users = re.findall(r"^USER\s+(\S+)", f.read(), re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    [command] = re.findall(r"^docker run .*?[^\\]$", readme,
+                           re.MULTILINE | re.DOTALL)
+    mounted = re.findall(r"-v \"?[^:\s]+:([^:\s\"]+)", command)
+    [data_dir] = re.findall(r"--data_dir=(\S+)", command)
+    assert data_dir in mounted and "/app/data" in mounted
+    assert '--user "$(id -u):$(id -g)"' in command
