@@ -206,3 +206,35 @@ def test_a_real_full_disk_stops_the_sweep_and_the_rerun_finishes_it(
     for run, epoch in backed_up.items():  # backed-up runs resumed
         assert starts(os.path.join(final, run))[-1] == epoch
         assert starts(os.path.join(final, run)).count(0) == 1
+
+
+def test_a_single_run_stopped_by_a_full_disk_resumes_bit_identical(
+        tmp_path, capsys, monkeypatch):
+    import train
+    flags = ["--dataset=digits", "--arch=16", "--epochs=2",
+             "--use_xla=false", "--dropout=0.1"]
+
+    def single_run(workdir):
+        return cli.run(["train.py", *flags, f"--workdir={workdir}"],
+                       train.main, train.FLAGS)
+    written = []
+    monkeypatch.setattr(faults, "write_point", written.append)
+    assert single_run(tmp_path / "reference") == 0
+    monkeypatch.undo()
+    [second_backup] = [i for i, path in enumerate(written)
+                       if path.endswith("backup/epoch2.keras")]
+    stopped = tmp_path / "stopped"
+    monkeypatch.setattr(faults, "_passes", collections.Counter())
+    monkeypatch.setenv(faults.DISK_FULL_ENV, str(second_backup))
+    capsys.readouterr()
+    assert single_run(stopped) == 4
+    assert_one_line_naming(capsys.readouterr().err,
+                           f"{stopped}/backup/epoch2.keras")
+    monkeypatch.delenv(faults.DISK_FULL_ENV)
+    assert single_run(stopped) == 0
+    assert starts(str(stopped)) == [0, 1]
+    expected, got = (json.loads((tmp_path / run / "metrics.json").read_text())
+                     for run in ("reference", "stopped"))
+    for timing in ("train_seconds",):
+        expected.pop(timing), got.pop(timing)
+    assert got == expected
