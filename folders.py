@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import platform
+import sys
 import time
 
 from errors import StorageError, UsageError
@@ -93,6 +94,10 @@ class SweepLock:
                 "for it to end, or use a new folder (to run one sweep with "
                 "several processes, use the chief/worker mode: README, "
                 "'Several machines')") from None
+        except OSError as error:  # a file system without locks (old NFS)
+            print(f"warning: cannot lock {self.path} ({error.strerror}); "
+                  "a second sweep on this folder would not be refused",
+                  file=sys.stderr)
         record = json.dumps({"pid": os.getpid(), "host": platform.node(),
                              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         try:

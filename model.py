@@ -200,7 +200,10 @@ class ProjectionModel(keras.Model):
         # No variable moves before every gradient is computed.  The backward
         # pass of KP reads B, which the optimizer also updates, and grappler
         # drops the order between that read and the update (without XLA):
-        # the hidden errors could use B of step t + 1.
+        # the hidden errors could use B of step t + 1.  (The optimizers'
+        # slots are created first: not under the dependencies, which would
+        # keep their creation inside the compiled step.)
+        self.build_optimizers()
         with tf.control_dependencies([*step.grads, *step.feedback_grads]):
             self.optimizer.apply(step.grads, self.forward_variables)
             if step.feedback_grads:

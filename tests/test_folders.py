@@ -83,9 +83,9 @@ RUN_CASES = {
 def truncated_plan(folder, finished):
     sweep = folder / "exp"
     shutil.copytree(finished, sweep)
-    text = (sweep / "sweep.json").read_text()
-    (sweep / "sweep.json").write_text(text[:len(text) // 2])
-    return sweep, f"{sweep / 'sweep.json'} is damaged (Unterminated string"
+    text = (sweep / "sweep.json").read_text()  # cut after '"grid":'
+    (sweep / "sweep.json").write_text(text[:text.index('"grid":') + 7])
+    return sweep, f"{sweep / 'sweep.json'} is damaged (Expecting value"
 
 
 def plan_text(folder, text, expected):

@@ -15,7 +15,7 @@ import folders
 import resume
 from conftest import ROOT
 
-FLAGS = ["--dataset=digits", "--algorithm=dfa", "--lr=1e-3,1e-2",
+FLAGS = ["--dataset=digits", "--algorithm=dfa", "--lr=1e-3",
          "--arch=16", "--epochs=2", "--objective=loss", "--use_xla=false",
          "--batch_norm=false"]
 
@@ -44,7 +44,7 @@ def lock_holder(sweep, timeout=300):
 
 def runs(sweep):
     frame = pd.read_csv(os.path.join(sweep, "results.csv"))
-    assert len(frame) == 2 and set(frame["status"]) == {"COMPLETED"}
+    assert len(frame) == 1 and set(frame["status"]) == {"COMPLETED"}
     return [os.path.join(sweep, "trials", t, "exec0")
             for t in frame["trial_id"]]
 
@@ -78,7 +78,7 @@ def test_a_second_sweep_on_a_folder_in_use_is_refused(tmp_path):
 
 def test_a_lock_left_by_a_killed_sweep_does_not_block_the_rerun(tmp_path):
     sweep = str(tmp_path / "exp")
-    killed = train_bash(sweep, BPFREE_KILL_AT="epoch_end:3",  # trial 2
+    killed = train_bash(sweep, BPFREE_KILL_AT="epoch_end:1",
                         BPFREE_MAX_RESTARTS="0")
     _, err = killed.communicate(timeout=600)
     assert killed.returncode == 137, err[-3000:]
@@ -91,6 +91,6 @@ def test_a_lock_left_by_a_killed_sweep_does_not_block_the_rerun(tmp_path):
     rerun = train_bash(sweep)
     _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err[-3000:]
-    # The first trial was done; the second resumed from its backup.
-    assert sorted([a["start_epoch"] for a in resume.attempts(run)]
-                  for run in runs(sweep)) == [[0], [0, 1]]
+    # The run resumed from its backup.
+    assert [[a["start_epoch"] for a in resume.attempts(run)]
+            for run in runs(sweep)] == [[0, 1]]
