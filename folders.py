@@ -46,22 +46,27 @@ def check_writable(path: str, flag: str) -> None:
                          "choose a folder you can write in")
 
 
-def read_record(path: str,
-                hint: str = "delete it to run that part again"):
-    """The JSON object in `path`, None if there is no such file; refuses a
-    damaged one (a write that never finished, an edit by hand), saying what
-    to do (`hint`)."""
+def read_record(path: str, required=(), remedy: str = "") -> dict | None:
+    """A JSON object written by a run or a sweep, or None when absent; a
+    damaged one (a write that never finished, an edit by hand) is refused,
+    naming the file, what is wrong and `remedy`: what to do."""
     if not os.path.exists(path):
         return None
+    remedy = remedy or ("remove the run's folder "
+                        f"({os.path.dirname(path)}) and rerun the sweep to "
+                        "redo that run")
     try:
         with open(path) as f:
             record = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UsageError(f"{path} is damaged ({error}); restore it, or "
-                         f"{hint}") from None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path} is damaged ({type(error).__name__}); "
+                         f"{remedy}") from None
     if not isinstance(record, dict):
-        raise UsageError(f"{path} is damaged (not a JSON object); restore "
-                         f"it, or {hint}")
+        raise UsageError(f"{path} is damaged (no JSON object); {remedy}")
+    missing = [k for k in required if k not in record]
+    if missing:
+        raise UsageError(f"{path} is damaged (no {', '.join(missing)}); "
+                         f"{remedy}")
     return record
 
 

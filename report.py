@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
-import json
 import os
 import sys
 
@@ -53,49 +51,16 @@ TRACKED = (("bp_cosine", "hidden"), ("signal_cosine", "hidden"),
 # --- The sweep's records ------------------------------------------------------
 
 
-def read_record(path: str, required=(), remedy: str = "") -> dict | None:
-    """A JSON object written by the sweep, or None when absent; a damaged
-    one is refused, naming the file (and `remedy`: what to do)."""
-    if not os.path.exists(path):
-        return None
-    remedy = remedy or ("remove the run's folder "
-                        f"({os.path.dirname(path)}) and rerun the sweep to "
-                        "redo that run")
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{path} is damaged ({type(error).__name__}); "
-                         f"{remedy}") from None
-    if not isinstance(record, dict):
-        raise UsageError(f"{path} is damaged (no JSON object); {remedy}")
-    missing = [k for k in required if k not in record]
-    if missing:
-        raise UsageError(f"{path} is damaged (no {', '.join(missing)}); "
-                         f"{remedy}")
-    return record
-
-
 def check_records(sweep_dir: str) -> dict:
     """The sweep's plan (sweep.json), after checking that it and every
-    run's metrics.json and failure.json can be read."""
+    run's metrics.json and failure.json can be read (tune.py's checks, the
+    ones a rerun of the sweep makes)."""
     import tune
-    path = os.path.join(sweep_dir, tune.SWEEP_FILE)
-    restore = "restore it: it holds the sweep's grid and id"
-    plan = read_record(path, ("sweep_id", "grid", "space", "objective"),
-                       restore)
+    plan = tune.read_plan(sweep_dir)
     if plan is None:
         raise UsageError(f"{sweep_dir} is not a sweep folder (no "
                          f"{tune.SWEEP_FILE})")
-    if not isinstance(plan["grid"], list) or not isinstance(
-            plan["space"], dict) or not all(
-            isinstance(c, dict) for c in plan["grid"]):
-        raise UsageError(f"{path} is damaged (its grid or space is not "
-                         f"what the sweep wrote); {restore}")
-    pattern = os.path.join(glob.escape(sweep_dir), "trials", "*", "exec*")
-    for run in glob.glob(pattern):
-        read_record(os.path.join(run, "metrics.json"))
-        read_record(os.path.join(run, "failure.json"), ("reason",))
+    tune.check_records(sweep_dir)
     return plan
 
 

@@ -191,35 +191,36 @@ def is_worker() -> bool:
     return utils.has_chief_oracle() and not utils.is_chief_oracle()
 
 
-PLAN_KEYS = {"sweep_id": str, "grid": list, "space": dict, "objective": str,
-             "invocations": list}
+PLAN_KEYS = ("sweep_id", "grid", "space", "objective")
+RESTORE_PLAN = "restore it: it holds the sweep's grid and id"
 
 
 def read_plan(sweep_dir):
     """sweep.json, None in a new folder; refuses a damaged one."""
     import folders
     path = os.path.join(sweep_dir, SWEEP_FILE)
-    plan = folders.read_record(path, hint="use a new folder")
+    plan = folders.read_record(path, PLAN_KEYS, RESTORE_PLAN)
     if plan is None:
         return None
-    wrong = [key for key, kind in PLAN_KEYS.items()
-             if not isinstance(plan.get(key), kind)]
-    if wrong or not plan["grid"] or not all(isinstance(c, dict)
-                                            for c in plan["grid"]):
-        raise UsageError(f"{path} is damaged (not a sweep record: "
-                         f"{', '.join(wrong) or 'grid'} missing or wrong); "
-                         "restore it or use a new folder")
+    if not isinstance(plan["grid"], list) or not plan["grid"] or \
+            not isinstance(plan["space"], dict) or \
+            not all(isinstance(c, dict) for c in plan["grid"]):
+        raise UsageError(f"{path} is damaged (its grid or space is not "
+                         f"what the sweep wrote); {RESTORE_PLAN}")
+    plan.setdefault("invocations", [])
     return plan
 
 
 def check_records(sweep_dir) -> None:
-    """Refuses, before anything is written, a sweep whose run records
-    (metrics.json, failure.json) are damaged."""
+    """Refuses a sweep whose run records (metrics.json, failure.json) are
+    damaged (before anything is written)."""
     import glob
-    for name in ("metrics.json", "failure.json"):
-        for path in sorted(glob.glob(os.path.join(
-                glob.escape(sweep_dir), "trials", "*", "exec*", name))):
-            read_json(path)
+
+    import folders
+    pattern = os.path.join(glob.escape(sweep_dir), "trials", "*", "exec*")
+    for run in sorted(glob.glob(pattern)):
+        folders.read_record(os.path.join(run, "metrics.json"))
+        folders.read_record(os.path.join(run, "failure.json"), ("reason",))
 
 
 def check_same_sweep(sweep_dir, space) -> None:
@@ -239,7 +240,7 @@ def check_same_sweep(sweep_dir, space) -> None:
 
 
 def read_json(path):
-    """A record of the sweep (None if absent); a damaged one is refused."""
+    """A run's record (None if absent); a damaged one is refused."""
     import folders
     return folders.read_record(path)
 

@@ -44,7 +44,7 @@ def unwritable(folder):
     return path
 
 
-def damaged_sweep(name, text):
+def damaged_sweep(name, text, what):
     """A finished sweep (copied from the fixture) with one record damaged."""
     def setup(folder, finished):
         sweep = folder / "exp"
@@ -52,7 +52,7 @@ def damaged_sweep(name, text):
         [record] = list(sweep.glob(f"trials/*/exec0/{name}")) or [
             next(sweep.glob("trials/*/exec0")) / name]
         record.write_text(text)
-        return sweep, f"{record} is damaged ("
+        return sweep, f"{record} is damaged ({what}); remove the run's folder"
     return setup
 
 
@@ -66,10 +66,17 @@ SWEEP_CASES = {
         unwritable(d) / "exp", f"cannot write in {d / 'readonly'}"),
     "truncated sweep.json": lambda d, finished: truncated_plan(d, finished),
     "sweep.json that is no sweep record": lambda d, _: plan_text(
-        d, '{"grid": 3}\n', "is damaged (not a sweep record: sweep_id, "
-        "grid, space, objective, invocations missing or wrong)"),
-    "truncated metrics.json": damaged_sweep("metrics.json", '{"loss": 0.'),
-    "failure.json that is no record": damaged_sweep("failure.json", "[]\n"),
+        d, '{"grid": 3}\n', "is damaged (no sweep_id, space, objective); "
+        "restore it"),
+    "sweep.json with a grid that is not one": lambda d, _: plan_text(
+        d, '{"grid": 3, "sweep_id": "x", "space": {}, "objective": "loss"}',
+        "is damaged (its grid or space is not what the sweep wrote)"),
+    "truncated metrics.json": damaged_sweep("metrics.json", '{"loss": 0.',
+                                            "JSONDecodeError"),
+    "failure.json that is no record": damaged_sweep("failure.json", "[]\n",
+                                                    "no JSON object"),
+    "failure.json without its reason": damaged_sweep("failure.json", "{}",
+                                                     "no reason"),
 }
 RUN_CASES = {
     "workdir is a file": lambda d: (make_file(d), "is a file, not a folder"),
@@ -85,7 +92,7 @@ def truncated_plan(folder, finished):
     shutil.copytree(finished, sweep)
     text = (sweep / "sweep.json").read_text()  # cut after '"grid":'
     (sweep / "sweep.json").write_text(text[:text.index('"grid":') + 7])
-    return sweep, f"{sweep / 'sweep.json'} is damaged (Expecting value"
+    return sweep, f"{sweep / 'sweep.json'} is damaged (JSONDecodeError)"
 
 
 def plan_text(folder, text, expected):
