@@ -10,10 +10,12 @@ up), `run_end` (a run's model.keras written, its metrics.json not yet),
 `trial_end` (a trial recorded, the next not begun), `train_batch` (a
 training batch done, mid-epoch; passed only when armed, see `armed`).
 
-    BPFREE_DISK_FULL_AFTER=<n>
+    BPFREE_DISK_FULL_AT=<n>[:all]
 
-makes every atomic write (atomic.py: results, records, models, backups)
-after the first n fail as on a full disk (OSError ENOSPC).
+makes the n-th atomic write (atomic.py: results, records, models, backups;
+counting from 1) fail as on a full disk (OSError ENOSPC): that one only, as
+when a large file no longer fits but small records still do, or with
+`:all` every write from it on.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import signal
 
 ENV = "BPFREE_KILL_AT"
-DISK_FULL_ENV = "BPFREE_DISK_FULL_AFTER"
+DISK_FULL_ENV = "BPFREE_DISK_FULL_AT"
 _passes: collections.Counter = collections.Counter()
 
 
@@ -50,6 +52,8 @@ def write_point(path: str) -> None:
     spec = os.environ.get(DISK_FULL_ENV)
     if not spec:
         return
+    nth, _, every = spec.partition(":")
     _passes["write"] += 1
-    if _passes["write"] > int(spec):
+    if _passes["write"] == int(nth) or (every == "all"
+                                        and _passes["write"] > int(nth)):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
