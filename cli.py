@@ -47,6 +47,8 @@ def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
                              "are given as --name=value; see --help)")
         quiet.set_verbose(flag_values.verbose)
         quiet.install()
+        import xla_cache
+        xla_cache.install()  # (before TensorFlow reads TF_XLA_FLAGS)
         main(flag_values)
     except (UsageError, RunFailed, StorageError, WorkerStopped) as error:
         print(f"error: {error}", file=sys.stderr)

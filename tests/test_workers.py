@@ -3,6 +3,7 @@ sweep gives what the serial sweep gives, bit for bit, through crashed
 workers and a SIGKILL of the whole process group, and runs every trial
 exactly once, none redone from scratch."""
 
+import glob
 import json
 import os
 import signal
@@ -94,18 +95,23 @@ def test_two_workers_give_the_serial_results_bit_for_bit_through_crashes(
     assert "Results:" in out
 
 
-def stopped_processes(group):
-    """Pids of the processes of `group` stopped by SIGSTOP."""
-    found = []
+def processes(group):
+    """{pid: state} of the processes of `group` (/proc/<pid>/stat)."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] == "T" and int(fields[2]) == group:
-            found.append(int(pid))
+        if int(fields[2]) == group:
+            found[int(pid)] = fields[0]
     return found
+
+
+def stopped_processes(group):
+    """Pids of the processes of `group` stopped by SIGSTOP."""
+    return [pid for pid, state in processes(group).items() if state == "T"]
 
 
 def test_a_parallel_sweep_killed_as_a_group_resumes_each_trial_once(
@@ -148,3 +154,22 @@ def test_a_bad_number_of_workers_is_one_line_before_anything_is_written(
         f"error: --workers={value}: must be a whole number of at least 1 "
         "(the trials run at once; 1: one after another)"]
     assert not sweep.exists()
+
+
+def test_sigterm_to_the_sweep_stops_every_worker(tmp_path):
+    sweep = str(tmp_path / "exp")
+    run = train_bash(sweep, "--workers=2", "--epochs=50")
+    deadline = time.time() + 300
+    while len(glob.glob(os.path.join(sweep, "trials", "*", "exec0",
+                                     resume.ATTEMPTS))) < 2:
+        assert run.poll() is None and time.time() < deadline, \
+            run.communicate()[1][-3000:]
+        time.sleep(0.2)
+    with open(os.path.join(sweep, "sweep.lock")) as f:
+        chief = json.load(f)["pid"]
+    os.kill(chief, signal.SIGTERM)  # the chief alone, not its workers
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err[-3000:]
+    assert "launcher: stopped by TERM, with its workers; rerun the same " \
+        "command to continue" in err
+    assert [s for s in processes(run.pid).values() if s != "Z"] == []
