@@ -206,7 +206,7 @@ def show(rows, labels):
     return "\n".join(lines)
 
 
-def time_sweep(hparams, base, lrs, sweep_dir):
+def time_sweep(hp, lrs, sweep_dir):
     """Seconds from run_sweep's call to the first trial, between trials,
     after the last, and the trials' own wall times."""
     import train
@@ -220,7 +220,7 @@ def time_sweep(hparams, base, lrs, sweep_dir):
             return real(*args, **kw)
         finally:
             spans.append((began, time.perf_counter()))
-    given = {k: (v,) for k, v in base.items() if k != "lr"}
+    given = {k: (v,) for k, v in hp.items() if k != "lr"}  # all pinned
     given["lr"] = tuple(lrs)
     train.train_and_evaluate = timed
     try:
@@ -239,6 +239,12 @@ def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, os.path.abspath(args.repo))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:  # as the entry points do, where the checkout has it
+        import xla_cache
+        xla_cache.install()
+        cache = xla_cache.root() or "off"
+    except ImportError:
+        cache = "none in this checkout"
     began = time.perf_counter()
     import tensorflow  # noqa: F401
     tf_import = time.perf_counter() - began
@@ -262,7 +268,7 @@ def main(argv=None):
           f"{args.examples_frac}, batch {args.batch_size}, 1 epoch; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     print(f"imports: {imports:.2f} s (tensorflow {tf_import:.2f} s), once "
-          "per process", flush=True)
+          f"per process; XLA cache: {cache}", flush=True)
     try:
         rows = []
         for k, lr in enumerate(lrs):
@@ -272,7 +278,7 @@ def main(argv=None):
         print("(seconds; start-up = data + build + fit_setup + the three "
               "compiles; train and eval: steady compute)")
         if args.sweep_trials:
-            sweep = time_sweep(hparams, base, lrs[:args.sweep_trials],
+            sweep = time_sweep(hparams.make(**base), lrs[:args.sweep_trials],
                                os.path.join(folder, "sweep"))
             print(f"sweep of {len(sweep['trials'])} trials: "
                   f"{sweep['before_first']:.2f} s before the first trial, "
