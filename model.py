@@ -19,7 +19,9 @@ import keras
 import tensorflow as tf
 
 import projection
-from layers import PACKAGE, blocks_from_arch, make_linear
+import shapes
+from blocks import blocks_from_arch
+from layers import PACKAGE, make_linear
 
 OUTPUT_FUNCTION_OF_SCALER = {"standard": "tanh", "zero_one": "sigmoid",
                              "identity": "linear"}
@@ -62,14 +64,18 @@ class ProjectionModel(keras.Model):
         self.classify = problem_type == "classification"
         self.output_fn = ("softmax" if self.classify
                           else OUTPUT_FUNCTION_OF_SCALER[scaler])
+        # Refuses an arch that shrinks this input to nothing (one line).
+        shapes.network_ops(arch, input_shape, target_dim, batch_norm,
+                           use_bias)
         self.blocks = blocks_from_arch(
             arch, activation=activation, batch_norm=batch_norm,
-            use_bias=use_bias, kernel_feedback=self.rule.kernel_feedback,
-            bw_init=bw_init, seed=seed, init=init, bn_momentum=bn_momentum,
+            use_bias=use_bias, dropout=dropout,
+            kernel_feedback=self.rule.kernel_feedback, bw_init=bw_init,
+            seed=seed, init=init, bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon)
-        self.dropouts = [keras.layers.Dropout(dropout, seed=seed + i)
-                         if dropout else None
-                         for i in range(len(self.blocks))]
+        self.dropouts = [keras.layers.Dropout(block.dropout, seed=seed + i)
+                         if block.dropout else None
+                         for i, block in enumerate(self.blocks)]
         self.output_layer = make_linear(
             "dense", target_dim, use_bias=use_bias,
             kernel_feedback=self.rule.kernel_feedback, bw_init=bw_init,
