@@ -34,8 +34,8 @@ output as the next block reads it, `--dropout`), e.g. `128:nobn:d0.5`.
 Convolution and residual blocks come before dense blocks; a dense block
 after them flattens its input, and so does the output layer.  `NAME`
 takes a named reference network (`PRESETS`, below), whose options are all
-pinned: it is the same network whatever --batch_norm, --dropout and
---use_bias say.  e.g. `32C5-P2-64C3-P2-256`, `500-500`, `resnet20`.
+pinned: its blocks are the same whatever --batch_norm, --dropout and
+--use_bias say (the output layer's bias follows --use_bias).  e.g. `32C5-P2-64C3-P2-256`, `500-500`, `resnet20`.
 
 Parsing needs no TensorFlow, so flags are checked before anything heavy
 is imported; shapes.py does the shape and size arithmetic.

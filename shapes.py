@@ -37,6 +37,9 @@ class Op:
     shape: tuple  # output shape of one example: (H, W, C) or (n,)
     params: int = 0  # trainable
     macs: int = 0  # multiply-adds per example
+    # Reads a map made inside its own block (a residual unit's second
+    # conv): even a direct rule sends the error through it.
+    inner: bool = False
 
 
 def conv_size(size: int, kernel: int, stride: int, padding) -> int:
@@ -119,7 +122,8 @@ def _residual_ops(spec, index, shape) -> list[Op]:
     ops = [_conv(spec, index, shape, spec.units, 3, spec.stride, 1)]
     if spec.batch_norm:
         ops.append(_bn(index, ops[-1].shape))
-    ops.append(_conv(spec, index, ops[-1].shape, spec.units, 3, 1, 1))
+    ops.append(dataclasses.replace(
+        _conv(spec, index, ops[-1].shape, spec.units, 3, 1, 1), inner=True))
     if spec.batch_norm:
         ops.append(_bn(index, ops[-1].shape))
     if spec.stride != 1 or shape[2] != spec.units:  # projection shortcut
