@@ -316,3 +316,29 @@ def test_input_shapes_and_classes_are_the_loaders():
         assert hparams.INPUT_SHAPES[name] == (32, 32, 3)
     assert hparams.INPUT_SHAPES["caltech256"][:2] == \
         datasets.CALTECH_IMAGE_SIZE
+
+
+# --- --image_size -------------------------------------------------------------
+
+
+def test_image_size_resizes_every_split_in_the_pipeline():
+    import dataloader
+    hp = hparams.make(dataset="digits", image_size=12, batch_size=32,
+                      objective="val_loss", examples_frac=0.5)
+    data = dataloader.load(hp)
+    assert data.input_shape == (12, 12, 1)
+    for split in (data.train, data.validation, data.test):
+        x, _ = next(iter(split))
+        assert x.shape[1:] == (12, 12, 1)
+        assert 0 <= float(np.min(x)) and float(np.max(x)) <= 1.0 + 1e-6
+    native = dataloader.load(hp.replace(image_size=0))
+    big, small = next(iter(data.test))[0], next(iter(native.test))[0]
+    # a resize, not a crop or a pad: the image's mean is kept
+    np.testing.assert_allclose(np.mean(big, axis=(1, 2)),
+                               np.mean(small, axis=(1, 2)), atol=0.02)
+    # the arch is checked against the resized image
+    assert hparams.make(dataset="digits", arch="8C5v-8C5v", image_size=12)
+    with pytest.raises(hparams.UsageError, match="reconstruction"):
+        hparams.make(dataset="digits", image_size=12,
+                     problem_type="reconstruction", algorithm="mse",
+                     objective="loss")

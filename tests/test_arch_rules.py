@@ -237,3 +237,16 @@ def test_trackers_name_every_layer_of_a_residual_unit():
     # block3 opens with a pool: W_3 does not read h_2, so no B_2 B_3ᵀ
     assert [t for t in dfa if t.startswith("weight_alignment/")] == [
         "weight_alignment/output"]
+
+
+def test_overlapping_max_pool_never_takes_the_reshape():
+    """The XLA-friendly reshape is a max over disjoint windows only."""
+    import arch
+    import blocks
+    h = tf.constant(np.random.default_rng(0).normal(size=(2, 7, 7, 3)),
+                    tf.float32)
+    for pool, size, stride in ((arch.Pool("max", 3, 2), 3, 2),
+                               (arch.Pool("max", 2, 2), 2, 2)):
+        np.testing.assert_array_equal(
+            blocks.apply_pool(h, pool, reshape_max=True),
+            tf.nn.max_pool2d(h, size, stride, "VALID"))
