@@ -21,6 +21,8 @@ BAD_INPUTS = {
     "malformed arch": (["--arch=256--256"], "valid tokens"),
     "conv after dense": (["--arch=256-32C5"], "conv blocks come first"),
     "pool without conv": (["--arch=P2-256"], "must follow a conv"),
+    "unknown block option": (["--arch=128:d2"], "valid options: :bn"),
+    "image shrinks to nothing": (["--arch=8C5v-8C5v"], "would make 0×0"),
     "missing data file": (["--dataset=mnist", "--data_dir={empty}"],
                           "mnist.npz' not found"),
     "drtp reconstruction": (["--algorithm=drtp",
