@@ -3,8 +3,9 @@
 Raw arrays come from `datasets.py`.  Then, all seeded: a stratified
 `examples_frac` of the training split, an optional class skew, a stratified
 validation split when the objective needs one, scaling, one-hot labels (or
-the input as target for reconstruction).  Images stay images (N, H, W, C);
-dense blocks flatten them.
+the input as target for reconstruction).  Images stay images (N, H, W, C),
+resized per batch to `--image_size` when it is set; dense blocks flatten
+them.
 """
 
 from __future__ import annotations
@@ -137,15 +138,23 @@ def load(hp) -> Data:
     classify = hp["problem_type"] == "classification"
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
 
+    size = hp.get("image_size") or 0
+
     def pipeline(x, y, shuffle):
         target = (np.eye(raw.num_classes, dtype=np.float32)[y] if classify
                   else x)
         if shuffle:
-            return shuffled_batches(x, target, hp["batch_size"], hp["seed"],
-                                    epoch, augment=augmentation,
-                                    target_is_input=not classify)
-        ds = tf.data.Dataset.from_tensor_slices((x, target))
-        return ds.batch(hp["batch_size"]).prefetch(AUTOTUNE)
+            ds = shuffled_batches(x, target, hp["batch_size"], hp["seed"],
+                                  epoch, augment=augmentation,
+                                  target_is_input=not classify)
+        else:
+            ds = tf.data.Dataset.from_tensor_slices((x, target)).batch(
+                hp["batch_size"])
+        if size:  # per batch: a whole resized split may not fit in memory
+            ds = ds.map(lambda x, t: (tf.image.resize(
+                x, (size, size), antialias=True), t),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.prefetch(AUTOTUNE)
 
     statistics = (channel_statistics(x_tr) if hp["scaler"] == "normalize"
                   else None)  # the training split's alone
@@ -162,7 +171,8 @@ def load(hp) -> Data:
         validation=(pipeline(x_val, y_val, shuffle=False)
                     if x_val is not None else None),
         test=pipeline(x_te, raw.y_test, shuffle=False),
-        input_shape=tuple(x_tr.shape[1:]),
+        input_shape=((size, size, x_tr.shape[3]) if size
+                     else tuple(x_tr.shape[1:])),
         target_dim=(raw.num_classes if classify
                     else int(np.prod(x_tr.shape[1:]))),
         num_classes=raw.num_classes,
