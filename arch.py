@@ -1,63 +1,356 @@
-"""The `--arch` grammar: blocks separated by '-'.
+"""The `--arch` grammar: a network as blocks separated by '-'.
 
-    256        a dense block of 256 units
-    32C5       a conv block of 32 filters of 5×5 ('same' padding, stride 1)
-    P2         a 2×2 max pool (stride 2) closing the conv block before it
+A block is the stretch between two feedback points: a direct rule (dfa,
+dkp, fdfa, drtp, cce, mse) sends its teaching signal to each block's
+output, and chained rules (bp, fa, kp) send their error through it.
 
-e.g. `32C5-P2-64C3-P2-256`.  Conv blocks come before dense blocks; a dense
-block after a conv block flattens its input.  Parsing needs no TensorFlow, so
-flags are checked before anything heavy is imported.
+    token          block
+    256            dense layer of 256 units
+    32C5           convolution, 32 filters of 5×5, 'same' padding, stride 1
+    32C3v          ... 'valid' padding (no padding)
+    96C11s4p2      ... stride 4, 2 pixels of zero padding on every side
+    16C3s2         ... stride 2, 'same' padding (TensorFlow's: output
+                   ⌈size/2⌉, the extra row and column at the end)
+    R16, R32s2     residual unit (He et al. 2016, CIFAR ResNets): 3×3 conv
+                   (stride s, 1 pixel padding) → BN → act → 3×3 conv → BN,
+                   plus the input (identity shortcut) or, when the unit
+                   changes the channels or the stride, a 1×1 conv (stride s)
+                   → BN; then act.  One block: one feedback point.
+    P2, P3s2       max pool k×k, stride s (default k): 'valid' windows
+    A2, A3s2       average pool, same windows
+    G (or GAP)     global average pool: one value per channel
+
+A pool written after a block's token (`32C5-P2`) closes that block: it
+comes before the feedback point.  A pool joined with '+' to the next
+block's token (`40C5-P2+128`) opens that block: it comes after the
+previous block's feedback point, as both CNN references hook their
+feedback before the max pool.  A block has at most one pool on each side.
+
+Options follow a layer token after ':' and override the global flags for
+that block: `:bn` / `:nobn` (batch norm after the layer(s), `--batch_norm`),
+`:bias` / `:nobias` (`--use_bias`), `:dRATE` (dropout on the block's
+output as the next block reads it, `--dropout`), e.g. `128:nobn:d0.5`.
+
+Convolution and residual blocks come before dense blocks; a dense block
+after them flattens its input, and so does the output layer.  `NAME`
+takes a named reference network (`PRESETS`, below), whose options are all
+pinned: its blocks are the same whatever --batch_norm, --dropout and
+--use_bias say (the output layer's bias follows --use_bias).  e.g. `32C5-P2-64C3-P2-256`, `500-500`, `resnet20`.
+
+Parsing needs no TensorFlow, so flags are checked before anything heavy
+is imported; shapes.py does the shape and size arithmetic.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Callable
 
 from errors import UsageError
 
-_TOKEN = re.compile(r"^(?:(?P<dense>\d+)|(?P<filters>\d+)C(?P<kernel>\d+)|"
-                    r"P(?P<pool>\d+))$")
-_VALID = "valid tokens: N (dense units), NCk (conv), Pk (max pool)"
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """A pooling op: max or avg over k×k windows with stride s, or global."""
+
+    kind: str  # "max", "avg" or "global"
+    size: int = 0
+    stride: int = 0
+
+    @property
+    def token(self) -> str:
+        if self.kind == "global":
+            return "G"
+        letter = "P" if self.kind == "max" else "A"
+        return f"{letter}{self.size}" + (
+            f"s{self.stride}" if self.stride != self.size else "")
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-    kind: str  # "dense" or "conv"
-    units: int  # dense units or conv filters
-    kernel: int = 0  # conv kernel size
-    pool: int = 0  # max-pool size after the activation, 0 for none
+    """One block.  Options left None take the global flag."""
+
+    kind: str  # "dense", "conv" or "residual"
+    units: int  # dense units, or conv/residual filters
+    kernel: int = 0  # conv kernel size (residual: 3)
+    stride: int = 1
+    padding: str | int = "same"  # "same", "valid" or pixels on each side
+    pre: Pool | None = None  # pool after the previous feedback point
+    post: Pool | None = None  # pool before this block's feedback point
+    batch_norm: bool | None = None
+    use_bias: bool | None = None
+    dropout: float | None = None
+    token: str = ""  # as written, for messages
+
+    @property
+    def spatial(self) -> bool:
+        return self.kind in ("conv", "residual")
+
+    def resolved(self, batch_norm: bool, use_bias: bool,
+                 dropout: float) -> "BlockSpec":
+        """The spec with every option set (global flags where unset)."""
+        pick = (lambda own, default: default if own is None else own)
+        return dataclasses.replace(
+            self, batch_norm=pick(self.batch_norm, batch_norm),
+            use_bias=pick(self.use_bias, use_bias),
+            dropout=pick(self.dropout, dropout))
+
+
+# --- The token table: regex → builder ----------------------------------------
+
+
+def _int(text, token, least=1):
+    value = int(text)
+    if value < least:
+        raise UsageError(f"arch token '{token}': sizes must be at least "
+                         f"{least}")
+    return value
+
+
+def _dense(m, token):
+    return BlockSpec("dense", _int(m["units"], token), token=token)
+
+
+def _conv(m, token):
+    padding = ("valid" if m["valid"] else
+               _int(m["pad"], token, 0) if m["pad"] is not None else "same")
+    return BlockSpec("conv", _int(m["units"], token),
+                     kernel=_int(m["kernel"], token),
+                     stride=_int(m["stride"] or "1", token), padding=padding,
+                     token=token)
+
+
+def _residual(m, token):
+    return BlockSpec("residual", _int(m["units"], token), kernel=3,
+                     stride=_int(m["stride"] or "1", token), padding=1,
+                     token=token)
+
+
+def _pool(kind):
+    def build(m, token):
+        size = _int(m["size"], token)
+        return Pool(kind, size, _int(m["stride"] or str(size), token))
+    return build
+
+
+def _global(m, token):
+    return Pool("global")
+
+
+_S = r"(?:s(?P<stride>\d+))?"
+# (form shown in messages, regex, builder); the first match wins.
+TOKENS: tuple[tuple[str, re.Pattern, Callable], ...] = (
+    ("N (dense)", re.compile(r"(?P<units>\d+)"), _dense),
+    ("NCk[sS][v|pP] (conv)", re.compile(
+        r"(?P<units>\d+)C(?P<kernel>\d+)" + _S +
+        r"(?:(?P<valid>v)|p(?P<pad>\d+))?"), _conv),
+    ("RN[sS] (residual unit)", re.compile(r"R(?P<units>\d+)" + _S),
+     _residual),
+    ("Pk[sS] (max pool)", re.compile(r"P(?P<size>\d+)" + _S), _pool("max")),
+    ("Ak[sS] (average pool)", re.compile(r"A(?P<size>\d+)" + _S),
+     _pool("avg")),
+    ("G (global average pool)", re.compile(r"G(?:AP)?"), _global),
+)
+
+
+def _dropout_option(text):
+    rate = float(text)
+    if not 0 <= rate < 1:
+        raise ValueError
+    return ("dropout", rate)
+
+
+OPTIONS: dict[str, Callable[[str], tuple]] = {  # prefix: value → (field, v)
+    "nobn": lambda rest: ("batch_norm", False),
+    "bn": lambda rest: ("batch_norm", True),
+    "nobias": lambda rest: ("use_bias", False),
+    "bias": lambda rest: ("use_bias", True),
+    "d": _dropout_option,
+}
+_OPTION_FORMS = ":bn :nobn :bias :nobias :dRATE"
+
+
+def valid_forms() -> str:
+    return (f"valid tokens: {', '.join(form for form, _, _ in TOKENS)}; "
+            f"X+ before a token opens its block with pool X; options "
+            f"{_OPTION_FORMS}; presets {', '.join(PRESETS)}")
+
+
+def _token(text: str, whole: str):
+    for _, pattern, build in TOKENS:
+        match = pattern.fullmatch(text)
+        if match:
+            return build(match, text)
+    raise UsageError(f"unknown arch token '{text}' in '{whole}' "
+                     f"({valid_forms()})")
+
+
+def _option(option: str) -> tuple:
+    """(field, value) of one option; ValueError when it is none."""
+    for prefix in sorted(OPTIONS, key=len, reverse=True):  # nobn before bn
+        rest = option[len(prefix):]
+        if option.startswith(prefix) and (rest == "" or prefix == "d"):
+            return OPTIONS[prefix](rest)
+    raise ValueError(option)
+
+
+def _options(spec: BlockSpec, options: list[str], whole: str) -> BlockSpec:
+    changes = {}
+    for option in options:
+        try:
+            field, value = _option(option)
+        except ValueError:
+            raise UsageError(f"unknown option ':{option}' of arch token "
+                             f"'{spec.token}' in '{whole}' (valid options: "
+                             f"{_OPTION_FORMS}, RATE in [0, 1))") from None
+        changes[field] = value
+    return dataclasses.replace(spec, **changes)
 
 
 def parse(text: str) -> tuple[BlockSpec, ...]:
-    """Parses an arch string into block specs; raises UsageError."""
+    """Parses an arch string (or a preset's name) into block specs; raises
+    UsageError with one line naming the bad token and the valid forms."""
     if not text or not text.strip():
-        raise UsageError(f"empty arch string ({_VALID})")
+        raise UsageError(f"empty arch string ({valid_forms()})")
+    text = text.strip()
+    if text in PRESETS:
+        return PRESETS[text].specs()
     blocks: list[BlockSpec] = []
-    for token in text.strip().split("-"):
-        match = _TOKEN.match(token.strip())
-        if not match:
-            raise UsageError(f"unknown arch token '{token}' in '{text}' "
-                             f"({_VALID})")
-        if match["dense"]:
-            blocks.append(BlockSpec("dense", _count(match["dense"], token)))
-        elif match["filters"]:
-            if blocks and blocks[-1].kind == "dense":
-                raise UsageError(f"conv token '{token}' after a dense block "
-                                 f"in '{text}' (conv blocks come first)")
-            blocks.append(BlockSpec("conv", _count(match["filters"], token),
-                                    kernel=_count(match["kernel"], token)))
-        else:
-            if not blocks or blocks[-1].kind != "conv" or blocks[-1].pool:
-                raise UsageError(f"pool token '{token}' in '{text}' must "
-                                 "follow a conv token (e.g. 32C5-P2)")
-            blocks[-1] = dataclasses.replace(
-                blocks[-1], pool=_count(match["pool"], token))
+    for part in text.split("-"):
+        *pre_tokens, last = part.split("+")
+        head, *options = last.split(":")
+        op = _token(head, text)
+        pres = [_token(t, text) for t in pre_tokens]
+        if isinstance(op, Pool):
+            if pre_tokens or options:
+                raise UsageError(
+                    f"'{part}' in '{text}': a pool takes no options and "
+                    "'+' must join a pool to a layer token (e.g. P2+128)")
+            _close(blocks, op, text)
+            continue
+        if any(not isinstance(p, Pool) for p in pres) or len(pres) > 1:
+            raise UsageError(f"'{part}' in '{text}': only one pool may open "
+                             "a block, joined with '+' (e.g. P2+128)")
+        spec = _options(dataclasses.replace(op, pre=pres[0] if pres else None,
+                                            token=part), options, text)
+        _check_order(blocks, spec, text)
+        blocks.append(spec)
     return tuple(blocks)
 
 
-def _count(digits: str, token: str) -> int:
-    value = int(digits)
-    if value < 1:
-        raise UsageError(f"arch token '{token}': sizes must be at least 1")
-    return value
+def _flat(blocks) -> bool:
+    """Whether the last block's output has lost its spatial axes."""
+    return bool(blocks) and (not blocks[-1].spatial or (
+        blocks[-1].post is not None and blocks[-1].post.kind == "global"))
+
+
+def _close(blocks, pool, text) -> None:
+    if not blocks or not blocks[-1].spatial or blocks[-1].post is not None:
+        raise UsageError(f"pool token '{pool.token}' in '{text}' must follow "
+                         "a conv or residual token (e.g. 32C5-P2), at most "
+                         "one per block, or open the next block joined with "
+                         "'+' (e.g. P2+128)")
+    blocks[-1] = dataclasses.replace(blocks[-1], post=pool)
+
+
+def _check_order(blocks, spec, text) -> None:
+    if spec.spatial and blocks and not blocks[-1].spatial:
+        raise UsageError(f"conv token '{spec.token}' after a dense block in "
+                         f"'{text}' (conv blocks come first)")
+    if spec.pre is not None and _flat(blocks):
+        raise UsageError(f"pool '{spec.pre.token}+' in '{text}' reads a "
+                         "flat input (pools need an image: put them before "
+                         "the dense blocks)")
+    if spec.spatial and (_flat(blocks) or (spec.pre is not None
+                                           and spec.pre.kind == "global")):
+        raise UsageError(f"conv token '{spec.token}' in '{text}' after "
+                         "global average pooling (nothing left to convolve)")
+
+
+def reads_flags(text: str) -> set[str]:
+    """The global flags (batch_norm, use_bias, dropout) that some block of
+    the arch leaves to their flag."""
+    return {field for spec in parse(text)
+            for field in ("batch_norm", "use_bias", "dropout")
+            if getattr(spec, field) is None}
+
+
+# --- Named reference networks -------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A reference network: its grammar string, where it comes from, and
+    the input it was published on.  Options it does not state are pinned
+    off (no batch norm, no dropout) and biases on (PyTorch's default)."""
+
+    arch: str
+    source: str
+    input_shape: tuple[int, int, int]
+
+    def specs(self) -> tuple[BlockSpec, ...]:
+        return tuple(spec.resolved(batch_norm=False, use_bias=True,
+                                   dropout=0.0) for spec in parse(self.arch))
+
+
+def _resnet(units_per_stage: int) -> str:
+    """He et al. 2016's CIFAR ResNet-(6n+2): a 3×3 conv (16) then three
+    stages of n residual units (16, 32, 64 filters; the first unit of
+    stages 2 and 3 has stride 2), global average pooling; every conv
+    bias-free with batch norm."""
+    units = [f"R{width}{'s2' if stage and not i else ''}:bn:nobias"
+             for stage, width in enumerate((16, 32, 64))
+             for i in range(units_per_stage)]
+    return "-".join(["16C3p1:bn:nobias", *units]) + "-G"
+
+
+PRESETS: dict[str, Preset] = {
+    # Bacho & Chu 2024, github.com/Florian-BACHO/FDFA networks/conv_mnist.py:
+    # conv → BN → ReLU → [feedback], the max pool after conv2's feedback;
+    # 529,214 trainable parameters on 28×28×1.
+    "fdfa_conv_mnist": Preset("15C5v:bn-40C5v:bn-P2+128:bn",
+                              "FDFA networks/conv_mnist.py", (28, 28, 1)),
+    # The same network on CIFAR-10 (networks/conv_cifar10.py): 755,244.
+    "fdfa_conv_cifar10": Preset("15C5v:bn-40C5v:bn-P2+128:bn",
+                                "FDFA networks/conv_cifar10.py", (32, 32, 3)),
+    # Webster, Choi & Ahn 2021, github.com/webstah/dkp-gist networks/conv.py:
+    # BN on the convolutions, none on the dense layer; the max pool after
+    # conv2's feedback; 6272 inputs to the dense layer.
+    "dkp_cifar10": Preset("32C3v:bn-32C3v:bn-P2+128",
+                          "dkp-gist networks/conv.py", (32, 32, 3)),
+    # AlexNet with batch norm as FDFA trains it on CIFAR-100 resized to
+    # 224×224 (networks/alexnet_cifar100.py; dkp-gist's alexnet has no BN
+    # on its dense layers): conv → BN → ReLU → pool → [feedback]; its
+    # adaptive 6×6 average pool is the identity at 224×224 and dropout is
+    # commented out.  57,432,228 parameters with 100 classes.
+    "alexnet_cifar100": Preset(
+        "64C11s4p2:bn-P3s2-192C5p2:bn-P3s2-384C3p1:bn-256C3p1:bn-"
+        "256C3p1:bn-P3s2-4096:bn-4096:bn",
+        "FDFA networks/alexnet_cifar100.py", (224, 224, 3)),
+    # He et al. 2016 §4.2, as biotorch's models/small_resnet.py builds them,
+    # with the 1×1 projection shortcut (its option 'B') where a unit changes
+    # size: 272,474 and 855,770 parameters with 10 classes.
+    "resnet20": Preset(_resnet(3), "biotorch models/small_resnet.py",
+                       (32, 32, 3)),
+    "resnet56": Preset(_resnet(9), "biotorch models/small_resnet.py",
+                       (32, 32, 3)),
+    # LeNet-5 as biotorch benchmarks it (models/le_net.py, LeNetMNIST) on
+    # MNIST resized to 32×32: 61,706 parameters.
+    "lenet5": Preset("6C5v-P2-16C5v-P2-120C5v-84",
+                     "biotorch models/le_net.py", (32, 32, 1)),
+}
+
+
+# --- Defaults per dataset -----------------------------------------------------
+
+# Grey digit images keep the MLP; colour images get the DKP reference's CNN
+# (the network of the headline CIFAR comparison), which fits any image of
+# at least 6×6 pixels (eurosat and caltech256 are 64×64).
+DEFAULT_ARCH = {"digits": "256-256", "mnist": "256-256", "fmnist": "256-256",
+                "cifar10": "dkp_cifar10", "cifar100": "dkp_cifar10",
+                "eurosat": "dkp_cifar10", "caltech256": "dkp_cifar10"}
+
+
+def default_for(dataset: str) -> str:
+    return DEFAULT_ARCH.get(dataset, "256-256")

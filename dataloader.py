@@ -3,8 +3,9 @@
 Raw arrays come from `datasets.py`.  Then, all seeded: a stratified
 `examples_frac` of the training split, an optional class skew, a stratified
 validation split when the objective needs one, scaling, one-hot labels (or
-the input as target for reconstruction).  Images stay images (N, H, W, C);
-dense blocks flatten them.
+the input as target for reconstruction).  Images stay images (N, H, W, C),
+resized per batch to `--image_size` when it is set; dense blocks flatten
+them.
 """
 
 from __future__ import annotations
@@ -130,19 +131,28 @@ def load(hp) -> Data:
     augmentation = training_augmentation(hp, arrays.x_train,
                                          arrays.pad_value)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    size = hp.get("image_size") or 0
+
+    def resized(ds):
+        if size:  # per batch: a whole resized split may not fit in memory
+            ds = ds.map(lambda x, t: (tf.image.resize(
+                x, (size, size), antialias=True), t),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+        return without_autotune(ds.prefetch(AUTOTUNE))
 
     def pipeline(x, target):
         ds = tf.data.Dataset.from_tensor_slices((x, target))
-        return without_autotune(ds.batch(hp["batch_size"]).prefetch(AUTOTUNE))
+        return resized(ds.batch(hp["batch_size"]))
     x_tr = arrays.x_train
     return Data(
-        train=shuffled_batches(x_tr, arrays.target_train, hp["batch_size"],
-                               hp["seed"], epoch, augment=augmentation,
-                               target_is_input=not classify),
+        train=resized(shuffled_batches(
+            x_tr, arrays.target_train, hp["batch_size"], hp["seed"], epoch,
+            augment=augmentation, target_is_input=not classify)),
         validation=(pipeline(arrays.x_val, arrays.target_val)
                     if arrays.x_val is not None else None),
         test=pipeline(arrays.x_test, arrays.target_test),
-        input_shape=tuple(x_tr.shape[1:]),
+        input_shape=((size, size, x_tr.shape[3]) if size
+                     else tuple(x_tr.shape[1:])),
         target_dim=(arrays.num_classes if classify
                     else int(np.prod(x_tr.shape[1:]))),
         num_classes=arrays.num_classes,

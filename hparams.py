@@ -20,6 +20,7 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 import arch
+import shapes
 from errors import UsageError  # noqa: F401  (re-exported)
 
 
@@ -50,6 +51,16 @@ TRACKERS = ("bp_cosine", "signal_cosine", "weight_alignment", "norms",
 
 DATA_DIR_ENV = "BPFREE_DATA_DIR"
 
+# Each dataset's images (H, W, C) and classes, as datasets.py loads them:
+# known here, without the files, so that an arch is checked against them
+# before anything is read or built.
+INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1),
+                "fmnist": (28, 28, 1), "cifar10": (32, 32, 3),
+                "cifar100": (32, 32, 3), "eurosat": (64, 64, 3),
+                "caltech256": (64, 64, 3)}
+NUM_CLASSES = {"digits": 10, "mnist": 10, "fmnist": 10, "cifar10": 10,
+               "cifar100": 100, "eurosat": 10, "caltech256": 256}
+
 
 @dataclasses.dataclass(frozen=True)
 class Field:
@@ -69,6 +80,7 @@ class Field:
     # sweep's identity, so the same sweep continues on a machine that mounts
     # the data elsewhere, or with $BPFREE_DATA_DIR in place of the flag.
     location: bool = False
+    default_text: str | None = None  # the default as --help says it
 
     def parse_one(self, text: str) -> Any:
         text = text.strip()
@@ -168,6 +180,16 @@ def _arch(value) -> str | None:
     return None
 
 
+def _default_archs() -> str:
+    """'the dataset's: 256-256 for digits, mnist, ...; dkp_cifar10 for
+    ...'."""
+    by_arch = {}
+    for dataset in DATASETS:
+        by_arch.setdefault(arch.default_for(dataset), []).append(dataset)
+    return "the dataset's: " + "; ".join(
+        f"{a} for {', '.join(d)}" for a, d in by_arch.items())
+
+
 FIELDS: tuple[Field, ...] = (
     # What to learn.
     Field("dataset", str, "digits", "Dataset.", choices=DATASETS),
@@ -187,6 +209,9 @@ FIELDS: tuple[Field, ...] = (
     # and the random-feedback rules learn measurably slower (DFA 256-256,
     # 2 epochs of MNIST: 0.947 against 0.958; FA's published setting: 74 %
     # against 89 % after one epoch).
+    Field("image_size", int, 0, "Resize the images to N×N pixels in the "
+          "input pipeline (bilinear); 0 keeps the dataset's size. "
+          "alexnet_cifar100 needs 224, lenet5 32.", check=_non_negative),
     Field("scaler", str, "zero_one", "Input scaling: zero_one = [0, 1], "
           "standard = [-1, 1], normalize = per-channel mean 0 and std 1 "
           "with the training split's statistics, identity = raw values.",
@@ -197,9 +222,14 @@ FIELDS: tuple[Field, ...] = (
     # The network.
     Field("algorithm", str, "dfa", "Training rule.", choices=ALGORITHMS,
           grid=("dfa",)),
-    Field("arch", str, "256-256", "Blocks, e.g. 500-500 or 32C5-P2-64C3-P2-"
-          "256 (number: dense units, nCk: n k×k filters, Pk: k×k max pool).",
-          grid=("256-256",), check=_arch),
+    Field("arch", str, arch.default_for("digits"), "Blocks separated by -, "
+          "e.g. 500-500, 32C5-P2-64C3-P2-256, 15C5v:bn-40C5v:bn-P2+128:bn "
+          "(N: dense, NCk[sS][v|pP]: conv, RN[sS]: residual unit, "
+          "Pk[sS]/Ak[sS]: max/average pool, G: global average pool, "
+          "X+: pool after the feedback point, :bn :nobn :bias :nobias "
+          ":dRATE: block options; arch.py), or a reference network: "
+          f"{', '.join(arch.PRESETS)}.", check=_arch,
+          default_text=_default_archs()),
     Field("activation", str, "tanh", "Hidden activation.",
           choices=ACTIVATIONS, grid=("tanh",)),
     Field("batch_norm", bool, False, "Batch norm in each block.",
@@ -304,10 +334,41 @@ def defaults() -> HParams:
 
 def make(**overrides) -> HParams:
     """Defaults with `overrides`, each checked as a command-line value is."""
-    hparams = defaults().replace(**overrides)
+    hparams = with_default_arch(defaults().replace(**overrides), overrides)
     for name, value in overrides.items():
         FIELDS_BY_NAME[name].validate(value)
     return check(hparams)
+
+
+def with_default_arch(hp: HParams, given) -> HParams:
+    """`hp` with its dataset's default arch unless `given` names one."""
+    if "arch" in given:
+        return hp
+    return hp.replace(arch=arch.default_for(hp["dataset"]))
+
+
+def input_shape(hp: Mapping[str, Any]) -> tuple:
+    """The images the model reads: the dataset's, or --image_size's."""
+    h, w, c = INPUT_SHAPES[hp["dataset"]]
+    size = hp.get("image_size") or 0
+    return (size, size, c) if size else (h, w, c)
+
+
+def check_network(hp: Mapping[str, Any]) -> None:
+    """Refuses an arch that shrinks the dataset's images to nothing or
+    whose training would not fit in the machine's memory (shapes.py)."""
+    if hp["dataset"] not in INPUT_SHAPES:
+        return  # an unknown dataset is refused by its own field
+    shape = input_shape(hp)
+    target = (NUM_CLASSES[hp["dataset"]]
+              if hp["problem_type"] == "classification" else
+              shape[0] * shape[1] * shape[2])
+    try:
+        shapes.check(hp["arch"], shape, target, hp["batch_size"],
+                     hp["batch_norm"], hp["use_bias"])
+    except UsageError as error:
+        raise UsageError(f"--arch={hp['arch']} on {hp['dataset']} "
+                         f"({'×'.join(map(str, shape))}): {error}") from None
 
 
 def check(hparams: Mapping[str, Any]) -> HParams:
@@ -322,6 +383,10 @@ def check(hparams: Mapping[str, Any]) -> HParams:
         if hp.objective.endswith("error_rate"):
             raise UsageError(f"objective '{hp.objective}' needs labels "
                              "(valid for reconstruction: loss, val_loss)")
+        if hp.get("image_size"):
+            raise UsageError("--image_size resizes the input only: it "
+                             "cannot be used with reconstruction (valid: "
+                             "--image_size=0)")
     if hp.objective.startswith("val_") and hp.validation_frac <= 0:
         raise UsageError(f"objective '{hp.objective}' needs validation data, "
                          "but --validation_frac=0 holds none out (valid: "
@@ -332,6 +397,7 @@ def check(hparams: Mapping[str, Any]) -> HParams:
         raise UsageError(f"--seed={hp.seed} with --executions_per_trial="
                          f"{hp.executions_per_trial} runs seed {last_seed} "
                          f"(valid seeds: 0 to {SEED_LIMIT - 1})")
+    check_network(hp)
     return hp
 
 
@@ -357,7 +423,8 @@ def define_flags(flag_values=None) -> None:
             choices = f" Any of: {', '.join(field.choices)}; all or none."
         grid = f" Sweep grid: {','.join(map(str, field.grid))}." \
             if field.grid else ""
-        default = field.default if field.default != "" else "none"
+        default = field.default_text or (
+            field.default if field.default != "" else "none")
         help_text = f"{field.help}{choices} Default: {default}.{grid}"
         if field.multiple:  # repeatable: its value is a list of strings
             flag = flags.MultiFlag(
@@ -390,15 +457,35 @@ def single_run(given: Mapping[str, Sequence]) -> HParams:
         if len(values) != 1:
             raise UsageError(f"--{name}: a single run takes one value, got "
                              f"{len(values)} (use train.bash for a sweep)")
-    return check(defaults().replace(
-        **{name: values[0] for name, values in given.items()}))
+    return check(with_default_arch(defaults().replace(
+        **{name: values[0] for name, values in given.items()}), given))
 
 
 def search_space(given: Mapping[str, Sequence]) -> dict[str, tuple]:
     """Every field's values in a sweep: given values, else its grid, else its
-    default alone."""
-    return {f.name: tuple(given.get(f.name) or f.grid or (f.default,))
-            for f in FIELDS}
+    default alone (the arch: the dataset's).  Refuses, before any trial, an
+    arch that does not fit one of the sweep's datasets."""
+    space = {f.name: tuple(given.get(f.name) or f.grid or (f.default,))
+             for f in FIELDS}
+    if not given.get("arch"):
+        archs = {d: arch.default_for(d) for d in space["dataset"]}
+        if len(set(archs.values())) > 1:
+            raise UsageError(
+                "these datasets have different default archs ("
+                + ", ".join(f"{d}: {a}" for d, a in archs.items())
+                + "); give --arch, or sweep them separately")
+        space["arch"] = tuple(dict.fromkeys(archs.values()))
+    if not given.get("batch_norm") and not any(
+            "batch_norm" in arch.reads_flags(a) for a in space["arch"]):
+        space["batch_norm"] = (False,)  # every block pins its own
+    network = ("arch", "dataset", "image_size", "batch_size",
+               "problem_type", "batch_norm", "use_bias")
+    for values in itertools.product(*(space[n] for n in network)):
+        config = dict(zip(network, values))
+        if config["problem_type"] == "classification" or not config[
+                "image_size"]:
+            check_network(config)
+    return space
 
 
 def grid(space: Mapping[str, Sequence], is_valid=lambda config: True):

@@ -1,17 +1,16 @@
-"""Building blocks: dense/conv layers that can send errors back through a
-feedback kernel B instead of W (feedback alignment), and the block
-layer → [batch norm] → activation → [max pool] that every arch token makes.
+"""Dense and conv layers initialised by `--init`, and their twins that send
+errors back through a feedback kernel B instead of W (feedback alignment,
+Kolen-Pollack).  Blocks of these layers are in blocks.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import keras
 import tensorflow as tf
-
-import arch as arch_lib
 
 PACKAGE = "bpfree"
 
@@ -98,19 +97,37 @@ def feedback_matmul(x, kernel, backward_kernel):
     return tf.matmul(x, kernel), grad
 
 
-@tf.custom_gradient
-def feedback_conv2d(x, kernel, backward_kernel):
-    """'same'-padded stride-1 convolution whose input gradient is the
-    transposed convolution with B's kernel."""
-    def grad(dy):
-        back = kernel if _TRUE_GRADIENT[0] else backward_kernel
-        dx = tf.nn.conv2d_transpose(dy, back, tf.shape(x),
-                                    strides=1, padding="SAME")
-        dw = tf.raw_ops.Conv2DBackpropFilter(
-            input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
-            strides=[1, 1, 1, 1], padding="SAME")
-        return dx, dw, dw
-    return tf.nn.conv2d(x, kernel, strides=1, padding="SAME"), grad
+def feedback_conv2d(x, kernel, backward_kernel, strides=1, padding="SAME"):
+    """Convolution ('SAME' or 'VALID', any stride) whose input gradient is
+    the transposed convolution with B's kernel, same strides and padding.
+    Explicit padding is a tf.pad before a 'VALID' one (its gradient, a
+    slice, is exact for every rule)."""
+    return _feedback_conv(int(strides), padding.upper())(
+        x, kernel, backward_kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _feedback_conv(strides, padding):
+    @tf.custom_gradient
+    def conv(x, kernel, backward_kernel):
+        def grad(dy):
+            back = kernel if _TRUE_GRADIENT[0] else backward_kernel
+            dx = tf.nn.conv2d_transpose(dy, back, tf.shape(x),
+                                        strides=strides, padding=padding)
+            dw = tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
+                strides=[1, strides, strides, 1], padding=padding)
+            return dx, dw, dw
+        return tf.nn.conv2d(x, kernel, strides=strides,
+                            padding=padding), grad
+    return conv
+
+
+def pad_images(x, pixels):
+    """Zero padding of `pixels` on every side of the image axes."""
+    if not pixels:
+        return x
+    return tf.pad(x, [[0, 0], [pixels, pixels], [pixels, pixels], [0, 0]])
 
 
 class _ForwardInit:
@@ -144,12 +161,31 @@ class Dense(_ForwardInit, keras.layers.Dense):
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class Conv2D(_ForwardInit, keras.layers.Conv2D):
-    """keras' Conv2D, initialised by `--init`."""
+    """keras' Conv2D, initialised by `--init`; `pad` > 0 pads that many
+    zero pixels on every side (PyTorch's `padding=p`) before a 'valid'
+    convolution."""
 
-    def __init__(self, filters, kernel_size, init="glorot_uniform", **kw):
+    def __init__(self, filters, kernel_size, init="glorot_uniform", pad=0,
+                 **kw):
         kw.setdefault("kernel_initializer", kernel_initializer(init))
+        if pad:
+            kw["padding"] = "valid"
         super().__init__(filters, kernel_size, **kw)
         self._set_init(init)
+        self.pad = pad
+
+    def convolution_op(self, inputs, kernel):
+        return super().convolution_op(pad_images(inputs, self.pad), kernel)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        grow = 2 * self.pad
+        return super().compute_output_shape(
+            (n, None if h is None else h + grow,
+             None if w is None else w + grow, c))
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
 
 
 class _BackwardKernelMixin:
@@ -195,11 +231,12 @@ class FeedbackDense(_BackwardKernelMixin, Dense):
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class FeedbackConv2D(_BackwardKernelMixin, Conv2D):
-    """'same' stride-1 Conv2D whose backward pass uses B's kernel."""
+    """Conv2D (any stride and padding) whose backward pass uses B's
+    kernel."""
 
     def __init__(self, filters, kernel_size, learned=False, bw_init="uniform",
                  seed=0, **kw):
-        super().__init__(filters, kernel_size, padding="same", **kw)
+        super().__init__(filters, kernel_size, **kw)
         self.learned, self.bw_init, self.seed = learned, bw_init, seed
 
     def build(self, input_shape):
@@ -207,121 +244,33 @@ class FeedbackConv2D(_BackwardKernelMixin, Conv2D):
         self._add_backward_kernel(self.learned, self.bw_init, self.seed)
 
     def convolution_op(self, inputs, kernel):
-        return feedback_conv2d(inputs, tf.convert_to_tensor(kernel),
-                               self.backward_kernel.value)
+        return feedback_conv2d(pad_images(inputs, self.pad),
+                               tf.convert_to_tensor(kernel),
+                               self.backward_kernel.value,
+                               self.strides[0], self.padding)
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("padding", None)
-        return {**config, "learned": self.learned, "bw_init": self.bw_init,
-                "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(PACKAGE)
-class Block(keras.layers.Layer):
-    """One arch token: dense or conv → [batch norm] → activation → [pool].
-
-    `kernel_feedback` is None for an ordinary layer, "fixed" or "learned" for
-    a layer that sends its error back through B (FA, KP).  Dropout is not
-    here: it acts on what the next block reads, while a local loss reads
-    the block's own output.
-    """
-
-    def __init__(self, kind, units, kernel=0, pool=0, activation="tanh",
-                 batch_norm=False, use_bias=True, kernel_feedback=None,
-                 bw_init="uniform", seed=0, init="glorot_uniform",
-                 bn_momentum=0.99, bn_epsilon=1e-3, **kw):
-        super().__init__(**kw)
-        self.spec = dict(kind=kind, units=units, kernel=kernel, pool=pool,
-                         activation=activation, batch_norm=batch_norm,
-                         use_bias=use_bias, kernel_feedback=kernel_feedback,
-                         bw_init=bw_init, seed=seed, init=init,
-                         bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
-        self.layer = make_linear(kind, units, kernel, use_bias,
-                                 kernel_feedback, bw_init, seed, init)
-        self.norm = (keras.layers.BatchNormalization(
-            momentum=bn_momentum, epsilon=bn_epsilon) if batch_norm
-            else None)
-        self.activation = ACTIVATIONS[activation]
-        self.pool = keras.layers.MaxPooling2D(pool) if pool else None
-        # Set by ProjectionModel.compile: the pool formulation that is fast
-        # under the step's compiler (see `max_pool`).
-        self.reshape_pool = False
-
-    def build(self, input_shape):
-        if self.built:
-            return
-        shape = self._linear_input_shape(input_shape)
-        self.layer.build(shape)
-        shape = self.layer.compute_output_shape(shape)
-        if self.norm is not None:
-            self.norm.build(shape)
-        if self.pool is not None:
-            self.pool.build(shape)
-        self.built = True
-
-    def _linear_input_shape(self, shape):
-        if self.spec["kind"] == "dense" and len(shape) > 2:
-            return (shape[0], math.prod(shape[1:]))
-        return tuple(shape)
-
-    def call(self, x, training=False):
-        if self.spec["kind"] == "dense" and len(x.shape) > 2:
-            x = tf.reshape(x, (-1, math.prod(x.shape[1:])))
-        a = self.layer(x)
-        if self.norm is not None:
-            a = self.norm(a, training=training)
-        h = self.activation(a)
-        if self.pool is None:
-            return h
-        if self.reshape_pool:
-            return reshaped_max_pool(h, self.spec["pool"])
-        return self.pool(h)
-
-    def compute_output_shape(self, input_shape):
-        shape = self.layer.compute_output_shape(
-            self._linear_input_shape(input_shape))
-        return self.pool.compute_output_shape(shape) if self.pool else shape
-
-    def get_config(self):
-        return {**super().get_config(), **self.spec}
-
-
-def reshaped_max_pool(h, size):
-    """keras' MaxPooling2D(size) (stride size, 'valid') as a max over the
-    window axes of a reshape.
-
-    Under XLA on CPU its gradient is elementwise and about 8× faster than
-    MaxPoolGrad, which XLA lowers to a scatter (5.5 vs 44 ms at
-    128×28×28×16, 2 CPU cores); without XLA the native op is the
-    faster one.  Exact ties (measure zero for float inputs) share the
-    gradient instead of giving it to the first maximum."""
-    _, height, width, channels = h.shape
-    rows, cols = height // size, width // size
-    h = h[:, :rows * size, :cols * size, :]
-    windows = tf.reshape(h, (-1, rows, size, cols, size, channels))
-    return tf.reduce_max(windows, axis=(2, 4))
+        return {**super().get_config(), "learned": self.learned,
+                "bw_init": self.bw_init, "seed": self.seed}
 
 
 def make_linear(kind, units, kernel=0, use_bias=True, kernel_feedback=None,
-                bw_init="uniform", seed=0, init="glorot_uniform"):
-    """The dense or conv layer of a block (or the output layer)."""
+                bw_init="uniform", seed=0, init="glorot_uniform", strides=1,
+                padding="same", name=None):
+    """A dense or conv layer (blocks, residual units, the output layer):
+    plain, or sending errors back through B (`kernel_feedback` "fixed" or
+    "learned").  `padding` is "same", "valid" or pixels on every side."""
+    conv = {} if kind == "dense" else dict(
+        kernel_size=kernel, strides=strides,
+        padding=padding if isinstance(padding, str) else "valid",
+        pad=0 if isinstance(padding, str) else padding)
     if kernel_feedback is None:
         if kind == "dense":
-            return Dense(units, init, use_bias=use_bias)
-        return Conv2D(units, kernel, init, padding="same", use_bias=use_bias)
+            return Dense(units, init, use_bias=use_bias, name=name)
+        return Conv2D(units, init=init, use_bias=use_bias, name=name, **conv)
     learned = kernel_feedback == "learned"
     if kind == "dense":
         return FeedbackDense(units, learned, bw_init, seed, use_bias=use_bias,
-                             init=init)
-    return FeedbackConv2D(units, kernel, learned, bw_init, seed,
-                          use_bias=use_bias, init=init)
-
-
-def blocks_from_arch(arch: str, **block_kw) -> list[Block]:
-    """One Block per parsed arch spec; each gets its own feedback seed."""
-    seed = block_kw.pop("seed", 0)
-    return [Block(spec.kind, spec.units, spec.kernel, spec.pool,
-                  seed=seed * 1000 + index, name=f"block{index + 1}",
-                  **block_kw)
-            for index, spec in enumerate(arch_lib.parse(arch))]
+                             init=init, name=name)
+    return FeedbackConv2D(units, learned=learned, bw_init=bw_init, seed=seed,
+                          use_bias=use_bias, init=init, name=name, **conv)

@@ -20,7 +20,9 @@ import tensorflow as tf
 
 import optimizers  # noqa: F401  (registers what a saved model's optimizers are)
 import projection
-from layers import PACKAGE, blocks_from_arch, make_linear
+import shapes
+from blocks import blocks_from_arch
+from layers import PACKAGE, make_linear
 
 OUTPUT_FUNCTION_OF_SCALER = {"standard": "tanh", "zero_one": "sigmoid",
                              "normalize": "linear", "identity": "linear"}
@@ -63,14 +65,18 @@ class ProjectionModel(keras.Model):
         self.classify = problem_type == "classification"
         self.output_fn = ("softmax" if self.classify
                           else OUTPUT_FUNCTION_OF_SCALER[scaler])
+        # Refuses an arch that shrinks this input to nothing (one line).
+        shapes.network_ops(arch, input_shape, target_dim, batch_norm,
+                           use_bias)
         self.blocks = blocks_from_arch(
             arch, activation=activation, batch_norm=batch_norm,
-            use_bias=use_bias, kernel_feedback=self.rule.kernel_feedback,
-            bw_init=bw_init, seed=seed, init=init, bn_momentum=bn_momentum,
+            use_bias=use_bias, dropout=dropout,
+            kernel_feedback=self.rule.kernel_feedback, bw_init=bw_init,
+            seed=seed, init=init, bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon)
-        self.dropouts = [keras.layers.Dropout(dropout, seed=seed + i)
-                         if dropout else None
-                         for i in range(len(self.blocks))]
+        self.dropouts = [keras.layers.Dropout(block.dropout, seed=seed + i)
+                         if block.dropout else None
+                         for i, block in enumerate(self.blocks)]
         self.output_layer = make_linear(
             "dense", target_dim, use_bias=use_bias,
             kernel_feedback=self.rule.kernel_feedback, bw_init=bw_init,
@@ -163,11 +169,23 @@ class ProjectionModel(keras.Model):
 
     # --- Forward ------------------------------------------------------------
 
-    def forward(self, x, training=False, probe=None):
-        """Hidden block outputs (pre-dropout) and logits z."""
+    def forward(self, x, training=False, probe=None, block_tapes=None):
+        """Hidden block outputs (pre-dropout) and logits z.
+
+        `block_tapes` (a list) receives one tape per block that recorded
+        that block alone.  A direct rule differentiates each h_l with
+        respect to its block's variables from it: from the tape of the
+        whole pass, each such gradient would also walk back through every
+        earlier block (TensorFlow's tape does not prune by source), so
+        tracing the step would grow with the square of the depth (resnet56
+        under dfa: 26 s against 8 s for bp)."""
         hidden = []
         for block, dropout in zip(self.blocks, self.dropouts):
-            h = block(x, training=training)
+            with (tf.GradientTape() if block_tapes is not None
+                  else contextlib.nullcontext()) as block_tape:
+                h = block(x, training=training)
+            if block_tapes is not None:
+                block_tapes.append(block_tape)
             if probe is not None:
                 h = probe.perturb(h)
             hidden.append(h)
@@ -218,19 +236,22 @@ class ProjectionModel(keras.Model):
         they need it persistent."""
         target = self.target(y)
         probe = self.rule.tangent_probe(self.seed_generator)
+        block_tapes = None if self.rule.chained else []
         with (probe or contextlib.nullcontext()), \
                 tf.GradientTape(persistent=not self.rule.chained
                                 or self.diagnostics is not None) as tape:
-            hidden, z = self.forward(x, training=training, probe=probe)
+            hidden, z = self.forward(x, training=training, probe=probe,
+                                     block_tapes=block_tapes)
             loss = self.global_loss(target, z)
         grads, feedback_grads = self.rule_gradients(
-            tape, loss, hidden, z, target, probe)
+            tape, loss, hidden, z, target, probe, block_tapes)
         step = Step(grads, feedback_grads, loss, target, z, hidden)
         if self.diagnostics is not None:  # trackers.py (before any update)
             self.diagnostics.observe(self, tape, step)
         return step
 
-    def rule_gradients(self, tape, loss, hidden, z, target, probe=None):
+    def rule_gradients(self, tape, loss, hidden, z, target, probe=None,
+                       block_tapes=None):
         """Gradients for `forward_variables` and for `learned_feedback`."""
         if self.rule.chained:
             return tape.gradient(loss, self.forward_variables), []
@@ -238,11 +259,11 @@ class ProjectionModel(keras.Model):
         tangents = (probe.tangents(z) if probe is not None
                     else [None] * len(hidden))
         grads, feedback_grads = [], []
-        for block, proj, h, tangent in zip(self.blocks, self.projections,
-                                           hidden, tangents):
+        for index, (block, proj, h, tangent) in enumerate(zip(
+                self.blocks, self.projections, hidden, tangents)):
             signal, _, feedback_grad = proj.teach(h, error, target, tangent)
-            grads += tape.gradient(h, block.trainable_variables,
-                                   output_gradients=signal)
+            grads += (block_tapes[index] if block_tapes else tape).gradient(
+                h, block.trainable_variables, output_gradients=signal)
             if feedback_grad is not None:
                 feedback_grads.append(feedback_grad)
         grads += tape.gradient(z, self.output_layer.trainable_variables,

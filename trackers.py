@@ -17,9 +17,10 @@ backprop's (../shared/design/algorithms.md, "Diagnostics").
                     (both n_{l-1} × n_l) and cos(vec W_o, vec B_L) at the
                     output (both n_L × C); bp: 1, its feedback is W itself.
                     Not defined, so not logged: block1 of a direct rule (no
-                    B_0), and a direct rule's conv block l ≥ 2 (W_l is a
-                    k×k kernel, B_{l-1} B_lᵀ a dense map between whole
-                    feature maps).  fa's block1 stays near 0: its B
+                    B_0), a direct rule's conv or residual block l ≥ 2
+                    (W_l is a k×k kernel, B_{l-1} B_lᵀ a dense map between
+                    whole feature maps) and a dense block that opens with
+                    a pool (W_l does not read h_{l-1}).  fa's block1 stays near 0: its B
                     would send errors to the input, so it is never used
                     (kp moves it with W, so it aligns).
   norms             weight_norm/<layer> = ‖W_l‖ and update_norm/<layer> =
@@ -31,7 +32,9 @@ backprop's (../shared/design/algorithms.md, "Diagnostics").
                     batch every `histogram_freq` epochs, with Keras' weight
                     histograms.
 
-<layer> is `block1`, `block2`, ... (the arch's blocks) or `output`; only
+<layer> is `block1`, `block2`, ... (the arch's blocks; a residual unit's
+layers are `block3_conv1`, `block3_conv2` and `block3_shortcut`) or
+`output`; <block> is `block1`, `block2`, ... (the blocks' outputs); only
 kernels are compared (biases are not).  The scalars are means over the
 measured steps of an epoch: history.csv has them as columns, TensorBoard
 under the same tags (`TensorBoard` below; train/ and validation/ runs).
@@ -72,12 +75,20 @@ def parse(text: str) -> tuple[str, ...]:
 
 
 def layer_names(model) -> list[str]:
-    """`block1`, ..., `output`: one per dense/conv layer."""
-    return [block.name for block in model.blocks] + ["output"]
+    """`block1`, ..., `output`: one per dense/conv layer (a residual
+    unit's are `block3_conv1`, `block3_conv2`, `block3_shortcut`)."""
+    return [name for block in model.blocks
+            for name, _ in block.linear_layers] + ["output"]
 
 
 def linear_layers(model) -> list:
-    return [block.layer for block in model.blocks] + [model.output_layer]
+    return [layer for block in model.blocks
+            for _, layer in block.linear_layers] + [model.output_layer]
+
+
+def block_names(model) -> list[str]:
+    """`block1`, ...: one per hidden block (its output h_l)."""
+    return [block.name for block in model.blocks]
 
 
 def cosine(a, b):
@@ -98,10 +109,11 @@ def alignment_pairs(model) -> dict:
         return {name: None for name in names}
     feedback = [p.feedback for p in model.projections]
     pairs = {}
-    for index in range(1, len(model.blocks)):
-        if model.blocks[index].spec["kind"] == "dense":
-            pairs[names[index]] = (
-                lambda i=index: linear[i].kernel,
+    for index, block in enumerate(model.blocks):
+        # W_l reads h_{l-1} itself: a dense block that opens with no pool.
+        if index and block.spec.kind == "dense" and block.spec.pre is None:
+            pairs[block.name] = (
+                lambda b=block: b.layer.kernel,
                 lambda i=index: tf.matmul(feedback[i - 1], feedback[i],
                                           transpose_b=True))
     pairs["output"] = (lambda: model.output_layer.kernel,
@@ -127,7 +139,7 @@ class Trackers:
         self.every = max(int(every), 1)
         self.histograms = "histograms" in self.names
         self.histogram_freq = max(int(histogram_freq), 1)  # epochs
-        layers, hidden = layer_names(model), layer_names(model)[:-1]
+        layers, hidden = layer_names(model), block_names(model)
         direct = not model.rule.chained
         self.pairs = alignment_pairs(model)
         tags = []
@@ -193,7 +205,7 @@ class Trackers:
         if "signal_cosine" in self.names or self.test_tags:
             signals, losses = self.teaching_signals(model, tape, step)
             if "signal_cosine" in self.names:
-                for name, s, t in zip(names, signals, true_h):
+                for name, s, t in zip(block_names(model), signals, true_h):
                     values[f"signal_cosine/{name}"] = cosine(s, t)
             for tag, loss in zip(self.test_tags, losses):
                 values[tag] = loss
@@ -318,7 +330,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
             self._sample_x = batch[0] if isinstance(batch, tuple) else batch
         hidden, _ = self.model.forward(self._sample_x, training=False)
         with self._tracker_writers["train"].as_default():
-            for name, h in zip(layer_names(self.model), hidden):
+            for name, h in zip(block_names(self.model), hidden):
                 tf.summary.histogram(f"activations/{name}", h, step=epoch)
 
     def on_test_end(self, logs=None):

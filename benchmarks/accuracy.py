@@ -79,6 +79,9 @@ def parse_args(argv):
     parser.add_argument("--fdfa_seeds", type=int, default=3,
                         help="seeds of the FDFA reference's MNIST setting "
                         "(0: skip it)")
+    parser.add_argument("--fdfa_conv_seeds", type=int, default=1,
+                        help="seeds of every rule on the FDFA reference's "
+                        "MNIST CNN with its recipe (0: skip it)")
     parser.add_argument("--rules", default=",".join(hparams_lib.ALGORITHMS))
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--quick", action="store_true")
@@ -88,7 +91,8 @@ def parse_args(argv):
     args.examples_frac = 1.0
     args.fa_epochs = FA_SETTING["epochs"]
     if args.quick:
-        for part in ("seeds", "fa_seeds", "conv_seeds", "fdfa_seeds"):
+        for part in ("seeds", "fa_seeds", "conv_seeds", "fdfa_seeds",
+                     "fdfa_conv_seeds"):
             setattr(args, part, min(getattr(args, part), 1))
         args.epochs, args.fa_epochs, args.examples_frac = 1, 2, 0.1
     folder = "accuracy_quick" if args.quick else "accuracy"
@@ -126,7 +130,7 @@ def run(hp, workdir, test_epochs=()):
     if os.path.exists(done):
         with open(done) as f:
             metrics = json.load(f)
-        if metrics.get("hparams") != dict(hp):
+        if not same_settings(metrics.get("hparams", {}), hp):
             raise hparams_lib.UsageError(
                 f"{workdir} holds a run with other settings; remove it or "
                 "pass another --workdir")
@@ -143,6 +147,19 @@ def run(hp, workdir, test_epochs=()):
     if test_epochs:
         atomic.write_json(extra, {str(k): v for k, v in by_epoch.items()})
     return with_by_epoch(metrics, extra)
+
+
+def same_settings(recorded: dict, hp) -> bool:
+    """Whether a finished run had the settings `hp`: fields added to
+    hparams.py since it ran count as equal when `hp` keeps their default
+    (the behaviour the run had).  Where, not what (data_dir), is ignored."""
+    defaults = hparams_lib.defaults()
+    for name, value in hp.items():
+        if name in hparams_lib.LOCATION_FIELDS:
+            continue
+        if recorded.get(name, defaults[name]) != value:
+            return False
+    return True
 
 
 def with_by_epoch(metrics, path):
@@ -213,6 +230,22 @@ def fdfa_reference(args, started):
     return results
 
 
+def fdfa_conv(args, started):
+    """{rule: [metrics per seed]}: every rule on the FDFA reference's MNIST
+    CNN with its recipe, one epoch."""
+    results = {}
+    for rule in args.rules:
+        for seed in range(args.fdfa_conv_seeds):
+            hp = hparams_lib.make(**references.fdfa_conv_mnist(rule),
+                                  seed=seed, data_dir=args.data_dir,
+                                  examples_frac=args.examples_frac)
+            metrics = run(hp, os.path.join(args.workdir, "fdfa_conv_mnist",
+                                           rule, f"seed{seed}"))
+            progress(f"fdfa_conv_mnist {rule} seed {seed}", metrics, started)
+            results.setdefault(rule, []).append(metrics)
+    return results
+
+
 def rules_by_seed(args, started, setting, seeds, folder, label):
     """{rule: [metrics per seed]} of `setting` for every rule."""
     results = {}
@@ -227,21 +260,29 @@ def rules_by_seed(args, started, setting, seeds, folder, label):
     return results
 
 
+PARTS = {  # name: (its seeds' argument, the function that runs it)
+    "fdfa": ("fdfa_seeds", fdfa_reference),
+    "fdfa_conv": ("fdfa_conv_seeds", fdfa_conv),
+    "fa": ("fa_seeds", published_fa),
+    "rules": ("seeds", nine_rules),
+    "conv": ("conv_seeds", conv_rules),
+}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     started = time.time()
-    fa_runs = published_fa(args, started) if args.fa_seeds else []
-    results = nine_rules(args, started) if args.seeds else {}
-    conv = conv_rules(args, started) if args.conv_seeds else {}
-    fdfa = fdfa_reference(args, started) if args.fdfa_seeds else {}
+    parts = {name: run_part(args, started)
+             for name, (seeds, run_part) in PARTS.items()
+             if getattr(args, seeds)}
     import atomic
     old = ""
     if os.path.exists(args.out):
         with open(args.out) as f:
             old = f.read()
-    atomic.write_text(args.out, report(args, argv, fa_runs, results, conv,
-                                       fdfa, time.time() - started, old))
+    atomic.write_text(args.out, report(args, argv, parts,
+                                       time.time() - started, old))
     print(f"wrote {args.out}")
     return 0
 

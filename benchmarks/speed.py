@@ -6,10 +6,13 @@
         --json=runs/speed.json --hparam use_xla=false
 
 For each arch (default: the wide MLP 784-1000-1000-1000-10 and the small CNN
-16C5-P2-64, both on 28×28×1 inputs, batch 128) every rule trains through the
+16C5-P2-64 on 28×28×1 inputs, the FDFA reference's MNIST CNN
+fdfa_conv_mnist on 28×28×1 and He et al.'s resnet20 on CIFAR-shaped
+32×32×3 inputs; batch 128; a named network gets the input it was published
+on, any other arch 28×28×1) every rule trains through the
 framework's own path (train.build_model with the hparams defaults: XLA on,
 8 steps per execution; then the compiled function `Model.fit` calls once per
-execution) on random MNIST-shaped data fed by the trainer's own tf.data
+execution) on random data of that shape fed by the trainer's own tf.data
 pipeline.  Beside them run a minimal hand-written BP loop (keras layers and
 Adam in one `tf.function` step called per batch; same net, batch and XLA
 setting), which the framework's BP should not trail, and the machine's
@@ -55,9 +58,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import arch as arch_lib  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
+import shapes  # noqa: E402
 
-DEFAULT_ARCHS = ("1000-1000-1000", "16C5-P2-64")
-INPUT_SHAPE = (28, 28, 1)
+DEFAULT_ARCHS = ("1000-1000-1000", "16C5-P2-64", "fdfa_conv_mnist",
+                 "resnet20")
+INPUT_SHAPE = (28, 28, 1)  # of an arch that is not a named network
 CLASSES = 10
 HANDWRITTEN = "handwritten_bp"
 SYNTHETIC_EXAMPLES = 8192
@@ -114,9 +119,21 @@ def parse_hparam_pairs(pairs) -> dict:
     return extra
 
 
+def input_shape_of(arch):
+    """A named network's published input; 28×28×1 for any other arch."""
+    preset = arch_lib.PRESETS.get(arch)
+    return preset.input_shape if preset else INPUT_SHAPE
+
+
 def hparams_for(arch, rule, args):
+    """The hparams of a run (the dataset only sets the image shape that
+    the arch is checked against: the data is synthetic)."""
+    shape = input_shape_of(arch)
+    dataset = "mnist" if shape[2] == 1 else "cifar10"
+    size = 0 if shape == hparams_lib.INPUT_SHAPES[dataset] else shape[0]
     return hparams_lib.make(**{"arch": arch, "algorithm": rule,
                                "batch_size": args.batch_size,
+                               "dataset": dataset, "image_size": size,
                                **args.extra})
 
 
@@ -124,16 +141,18 @@ def hparams_for(arch, rule, args):
 
 
 def synthetic_data(hp):
-    """Random MNIST-shaped examples through the trainer's own pipeline
-    (dataloader), repeated without end."""
+    """Random examples of the arch's input shape through the trainer's own
+    pipeline (dataloader), repeated without end."""
     import numpy as np
     import tensorflow as tf
     import dataloader
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (SYNTHETIC_EXAMPLES, *INPUT_SHAPE)).astype(
+    examples = SYNTHETIC_EXAMPLES // max(1, math.prod(
+        input_shape_of(hp["arch"])) // math.prod(INPUT_SHAPE))
+    x = rng.uniform(-1, 1, (examples, *input_shape_of(hp["arch"]))).astype(
         np.float32)
     y = np.eye(CLASSES, dtype=np.float32)[
-        rng.integers(0, CLASSES, SYNTHETIC_EXAMPLES)]
+        rng.integers(0, CLASSES, examples)]
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     return dataloader.shuffled_batches(x, y, hp["batch_size"], hp["seed"],
                                        epoch).repeat()
@@ -187,24 +206,38 @@ def seconds_per_step(runner, steps):
 
 
 def handwritten_bp(hp):
-    """The minimal BP loop: keras layers, Adam, one tf.function step."""
+    """The minimal BP loop: keras layers (functional), Adam, one
+    tf.function step."""
     import keras
     import tensorflow as tf
     activation = {"lrelu": "leaky_relu", "swish": "silu"}.get(
         hp["activation"], hp["activation"])
-    layers = [keras.Input(INPUT_SHAPE)]
+    inputs = keras.Input(input_shape_of(hp["arch"]))
+    x = inputs
     for spec in arch_lib.parse(hp["arch"]):
-        if spec.kind == "conv":
-            layers.append(keras.layers.Conv2D(spec.units, spec.kernel,
-                                              padding="same",
-                                              activation=activation))
-            if spec.pool:
-                layers.append(keras.layers.MaxPooling2D(spec.pool))
-        else:
-            layers += [keras.layers.Flatten(),
-                       keras.layers.Dense(spec.units, activation=activation)]
-    layers += [keras.layers.Flatten(), keras.layers.Dense(CLASSES)]
-    net = keras.Sequential(layers)
+        spec = spec.resolved(hp["batch_norm"], hp["use_bias"], 0.0)
+        x = keras_pool(x, spec.pre)
+        if spec.kind == "dense":
+            x = keras.layers.Flatten()(x) if len(x.shape) > 2 else x
+            x = keras.layers.Dense(spec.units, use_bias=spec.use_bias)(x)
+            x = keras.layers.Activation(activation)(keras_norm(x, spec))
+        elif spec.kind == "conv":
+            x = keras_conv(x, spec.units, spec.kernel, spec.stride,
+                           spec.padding, spec.use_bias)
+            x = keras.layers.Activation(activation)(keras_norm(x, spec))
+        else:  # residual unit
+            a = keras_conv(x, spec.units, 3, spec.stride, 1, spec.use_bias)
+            a = keras.layers.Activation(activation)(keras_norm(a, spec))
+            a = keras_norm(keras_conv(a, spec.units, 3, 1, 1,
+                                      spec.use_bias), spec)
+            if spec.stride != 1 or x.shape[-1] != spec.units:
+                x = keras_norm(keras_conv(x, spec.units, 1, spec.stride, 0,
+                                          spec.use_bias), spec)
+            x = keras.layers.Activation(activation)(
+                keras.layers.Add()([a, x]))
+        x = keras_pool(x, spec.post)
+    x = keras.layers.Flatten()(x) if len(x.shape) > 2 else x
+    net = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
     optimizer = keras.optimizers.Adam(hp["lr"])
     optimizer.build(net.trainable_variables)
 
@@ -217,6 +250,31 @@ def handwritten_bp(hp):
         optimizer.apply(grads, net.trainable_variables)
         return loss
     return step
+
+
+def keras_conv(x, units, kernel, stride, padding, use_bias):
+    import keras
+    if not isinstance(padding, str):
+        x = keras.layers.ZeroPadding2D(padding)(x) if padding else x
+        padding = "valid"
+    return keras.layers.Conv2D(units, kernel, stride, padding,
+                               use_bias=use_bias)(x)
+
+
+def keras_norm(x, spec):
+    import keras
+    return keras.layers.BatchNormalization()(x) if spec.batch_norm else x
+
+
+def keras_pool(x, pool):
+    import keras
+    if pool is None:
+        return x
+    if pool.kind == "global":
+        return keras.layers.GlobalAveragePooling2D()(x)
+    layer = (keras.layers.MaxPooling2D if pool.kind == "max"
+             else keras.layers.AveragePooling2D)
+    return layer(pool.size, pool.stride)(x)
 
 
 class MatmulRoof:
@@ -247,45 +305,37 @@ class MatmulRoof:
 # --- Multiply-adds, for the theory column and achieved GFLOP/s ---------------
 
 
-def layer_macs(arch, input_shape=INPUT_SHAPE, classes=CLASSES):
-    """[(forward MACs per example, output units)] per block, then output."""
-    h, w, c = input_shape
-    flat = h * w * c
-    layers = []
-    for spec in arch_lib.parse(arch):
-        if spec.kind == "conv":
-            macs = h * w * spec.kernel ** 2 * c * spec.units
-            c = spec.units
-            if spec.pool:
-                h, w = h // spec.pool, w // spec.pool
-            flat = h * w * c
-            layers.append((macs, flat))
-        else:
-            layers.append((flat * spec.units, spec.units))
-            flat = spec.units
-    layers.append((flat * classes, classes))
-    return layers
+def arch_ops(arch, classes=CLASSES):
+    """shapes.py's ops of the arch on its input, global flags at their
+    defaults."""
+    hp = hparams_lib.defaults()
+    return shapes.network_ops(arch, input_shape_of(arch), classes,
+                              hp["batch_norm"], hp["use_bias"])
 
 
 def theoretical_macs(rule, arch, classes=CLASSES):
     """Multiply-adds per example of one training step (matmuls and convs
     only).  Chained rules: forward, weight gradients, and input gradients
-    of every layer but the first.  Direct rules: forward, weight gradients,
-    and per hidden block the projection h B and the signal e Bᵀ; FDFA adds
-    a forward-mode pass (a forward from block 2 on: the input carries no
-    tangent) and its estimate uᵀ d."""
+    of every layer but those reading the network's input.  Direct rules:
+    forward, weight gradients, the input gradients inside a block (a
+    residual unit's second conv), and per hidden block the projection h B
+    and the signal e Bᵀ; FDFA adds a forward-mode pass (a forward from
+    block 2 on: the input carries no tangent) and its estimate uᵀ d."""
     import projection
-    layers = layer_macs(arch, classes=classes)
-    forward = sum(m for m, _ in layers)
+    ops = arch_ops(arch, classes)
+    forward = sum(op.macs for op in ops)
+    first_block = sum(op.macs for op in ops if op.block == 1)
+    inner = sum(op.macs for op in ops if op.inner)
     rule_cls = projection.get(rule)
     if rule_cls.chained:
-        return 3 * forward - layers[0][0]
-    hidden = sum(units for _, units in layers[:-1])
-    macs = 2 * forward + 2 * hidden * classes
+        return 3 * forward - sum(op.macs for op in ops
+                                 if op.block == 1 and not op.inner)
+    hidden = sum(shapes.hidden_sizes(ops))
+    macs = 2 * forward + inner + 2 * hidden * classes
     probes = (rule_cls.tangent_probe.__func__
               is not projection.Projection.tangent_probe.__func__)
     if probes:
-        macs += forward - layers[0][0] + hidden * classes
+        macs += forward - first_block + hidden * classes
     return macs
 
 
@@ -342,7 +392,7 @@ def memory_probe(arch, rule, args):
     if gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
     baseline = rss_mb()
-    model = train.build_model(hp, INPUT_SHAPE, CLASSES)
+    model = train.build_model(hp, input_shape_of(arch), CLASSES)
     runner = FrameworkRunner(model, ds, hp["steps_per_execution"])
     if not gpu and not reset_peak_rss():
         raise OSError("cannot reset the peak RSS on this system")
@@ -378,7 +428,8 @@ def measure_arch(arch, args):
     models, runners = {}, {}
     for rule in args.rules:
         hp = hparams_for(arch, rule, args)
-        models[rule] = train.build_model(hp, INPUT_SHAPE, CLASSES)
+        models[rule] = train.build_model(hp, input_shape_of(arch),
+                                         CLASSES)
         runners[rule] = FrameworkRunner(models[rule], ds,
                                         hp["steps_per_execution"])
     runners[HANDWRITTEN] = HandwrittenRunner(base_hp, ds)
@@ -465,7 +516,8 @@ def summarize(arch, seconds, ratios, reference, args):
 
 
 def format_table(arch, results, measure, roof, batch):
-    lines = [f"\narch {arch} (28×28×1 inputs, 10 classes)",
+    shape = "×".join(map(str, input_shape_of(arch)))
+    lines = [f"\narch {arch} ({shape} inputs, 10 classes)",
              f"{'rule':<15}{'samples/s':>10}{'ms/step':>9}{'vs bp':>7}"
              f"{'quartiles':>12}{'MACs':>6}{'state MB':>9}"
              f"{'peak MB':>8}"]

@@ -168,3 +168,207 @@ def direct_grads(net, x, y, rule, projections):
         grads[index] = (dw, db)
         grads["feedback"].append(db_proj)
     return grads
+
+
+# --- Every op of the arch grammar (strides, padding, pools, batch norm,
+# residual units), each with its own backward pass --------------------------
+#
+# An op's `backward(dy, key)` returns the error at its input and fills
+# `grads`; `key` says which matrix carries errors back to the input: "W"
+# (backprop) or "B" (feedback alignment).
+
+
+def same_pads(size, kernel, stride):
+    """TensorFlow's 'SAME': output ⌈size/stride⌉, the odd pixel after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def pads(size, kernel, stride, padding):
+    if padding == "same":
+        return same_pads(size, kernel, stride)
+    return (0, 0) if padding == "valid" else (padding, padding)
+
+
+class Conv:
+    """x (N,H,W,C) * W (k,k,C,F), stride s, padding 'same'/'valid'/pixels."""
+
+    def __init__(self, W, b=None, B=None, stride=1, padding="same"):
+        self.W, self.b, self.B = W, b, B
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x):
+        k, s = self.W.shape[0], self.stride
+        (t, d), (l, r) = (pads(x.shape[1], k, s, self.padding),
+                          pads(x.shape[2], k, s, self.padding))
+        self.crop = (t, l, x.shape)
+        self.xp = np.pad(x, ((0, 0), (t, d), (l, r), (0, 0)))
+        ho = (self.xp.shape[1] - k) // s + 1
+        wo = (self.xp.shape[2] - k) // s + 1
+        self.windows = [(i, j, np.s_[:, i:i + s * (ho - 1) + 1:s,
+                                     j:j + s * (wo - 1) + 1:s])
+                        for i in range(k) for j in range(k)]
+        out = sum(np.einsum("nhwc,cf->nhwf", self.xp[w], self.W[i, j])
+                  for i, j, w in self.windows)
+        return out + (0 if self.b is None else self.b)
+
+    def backward(self, dy, key="W"):
+        kernel = self.W if key == "W" else self.B
+        self.grads = {"W": np.zeros_like(self.W)}
+        if self.b is not None:
+            self.grads["b"] = dy.sum((0, 1, 2))
+        dxp = np.zeros_like(self.xp)
+        for i, j, w in self.windows:
+            self.grads["W"][i, j] = np.einsum("nhwc,nhwf->cf", self.xp[w], dy)
+            dxp[w] += np.einsum("nhwf,cf->nhwc", dy, kernel[i, j])
+        t, l, shape = self.crop
+        return dxp[:, t:t + shape[1], l:l + shape[2]]
+
+
+class Dense:
+    def __init__(self, W, b=None, B=None):
+        self.W, self.b, self.B = W, b, B
+
+    def forward(self, x):
+        self.shape = x.shape
+        self.x = x.reshape(len(x), -1)
+        return self.x @ self.W + (0 if self.b is None else self.b)
+
+    def backward(self, dy, key="W"):
+        self.grads = {"W": self.x.T @ dy}
+        if self.b is not None:
+            self.grads["b"] = dy.sum(0)
+        return (dy @ (self.W if key == "W" else self.B).T).reshape(
+            self.shape)
+
+
+class BatchNorm:
+    """Training mode: the batch's mean and (biased) variance over every
+    axis but the channels."""
+
+    def __init__(self, gamma, beta, epsilon):
+        self.gamma, self.beta, self.epsilon = gamma, beta, epsilon
+
+    def forward(self, x):
+        self.axes = tuple(range(x.ndim - 1))
+        mean, var = x.mean(self.axes), x.var(self.axes)
+        self.sigma = np.sqrt(var + self.epsilon)
+        self.xhat = (x - mean) / self.sigma
+        return self.gamma * self.xhat + self.beta
+
+    def backward(self, dy, key="W"):
+        self.grads = {"gamma": (dy * self.xhat).sum(self.axes),
+                      "beta": dy.sum(self.axes)}
+        dxhat = dy * self.gamma
+        m = dy.size / dy.shape[-1]
+        return (m * dxhat - dxhat.sum(self.axes)
+                - self.xhat * (dxhat * self.xhat).sum(self.axes)) / (
+                    m * self.sigma)
+
+
+class Tanh:
+    def forward(self, a):
+        self.h = np.tanh(a)
+        return self.h
+
+    def backward(self, dy, key="W"):
+        return dy * (1 - self.h ** 2)
+
+
+class Pool:
+    """Max or average over k×k windows with stride s ('valid'), or the
+    global average ('global')."""
+
+    def __init__(self, kind, size=0, stride=0):
+        self.kind, self.size, self.stride = kind, size, stride
+
+    def forward(self, x):
+        self.shape = x.shape
+        if self.kind == "global":
+            return x.mean((1, 2))
+        k, s = self.size, self.stride
+        ho, wo = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
+        self.cells = [(i, j, np.s_[:, i * s:i * s + k, j * s:j * s + k])
+                      for i in range(ho) for j in range(wo)]
+        self.x = x
+        out = np.zeros((len(x), ho, wo, x.shape[3]))
+        for i, j, w in self.cells:
+            reduce = np.max if self.kind == "max" else np.mean
+            out[:, i, j] = reduce(x[w], axis=(1, 2))
+        return out
+
+    def backward(self, dy, key="W"):
+        n, h, w, c = self.shape
+        if self.kind == "global":
+            return np.broadcast_to(dy[:, None, None, :] / (h * w),
+                                   self.shape).copy()
+        dx = np.zeros(self.shape)
+        for i, j, cell in self.cells:
+            window = self.x[cell]
+            if self.kind == "max":  # to the maximum of each window
+                share = window == window.max(axis=(1, 2), keepdims=True)
+            else:
+                share = np.full(window.shape, 1 / self.size ** 2)
+            dx[cell] += share * dy[:, i:i + 1, j:j + 1]
+        return dx
+
+
+class Residual:
+    """act(main(x) + shortcut(x)); `shortcut` is [] for the identity."""
+
+    def __init__(self, main, shortcut):
+        self.main, self.shortcut, self.act = main, shortcut, Tanh()
+
+    def forward(self, x):
+        return self.act.forward(run(self.main, x) + run(self.shortcut, x))
+
+    def backward(self, dy, key="W"):
+        da = self.act.backward(dy)
+        return back(self.main, da, key) + back(self.shortcut, da, key)
+
+
+def run(ops, x):
+    for op in ops:
+        x = op.forward(x)
+    return x
+
+
+def back(ops, dy, key="W"):
+    for op in reversed(ops):
+        dy = op.backward(dy, key)
+    return dy
+
+
+class OpNet:
+    """blocks: lists of ops, each block's output is h_l; output: a Dense."""
+
+    def __init__(self, blocks, output):
+        self.blocks, self.output = blocks, output
+
+    def forward(self, x):
+        self.hidden = []
+        for ops in self.blocks:
+            x = run(ops, x)
+            self.hidden.append(x)
+        return self.output.forward(x)
+
+
+def opnet_chained(net, x, y, key):
+    """BP (key "W") or FA/KP ("B"): errors through every op; the first
+    block's input error is computed and ignored."""
+    e = error(net.forward(x), y)
+    back([op for ops in net.blocks for op in ops] + [net.output], e, key)
+
+
+def opnet_direct(net, x, y, rule, projections):
+    """Direct rules: each block from its own signal δ_l, through its own
+    ops (with W: inside a block autodiff is exact); returns ∂ℓ_l/∂B_l."""
+    e = error(net.forward(x), y)
+    net.output.backward(e)
+    feedback = []
+    for ops, h, b in zip(net.blocks, net.hidden, projections):
+        dh, db = local_signal(rule, b, h, e, y)
+        back(ops, dh.reshape(h.shape))
+        feedback.append(db)
+    return feedback

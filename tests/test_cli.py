@@ -30,6 +30,8 @@ BAD_INPUTS = {
     "malformed arch": (["--arch=256--256"], "valid tokens"),
     "conv after dense": (["--arch=256-32C5"], "conv blocks come first"),
     "pool without conv": (["--arch=P2-256"], "must follow a conv"),
+    "unknown block option": (["--arch=128:d2"], "valid options: :bn"),
+    "image shrinks to nothing": (["--arch=8C5v-8C5v"], "would make 0×0"),
     "missing data file": (["--dataset=mnist", "--data_dir={empty}"],
                           "mnist.npz' not found"),
     "drtp reconstruction": (["--algorithm=drtp",
@@ -337,7 +339,12 @@ def test_real_command_prints_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: --arch=256-abc: unknown arch token 'abc' in '256-abc' "
-        "(valid tokens: N (dense units), NCk (conv), Pk (max pool))"]
+        "(valid tokens: N (dense), NCk[sS][v|pP] (conv), RN[sS] (residual "
+        "unit), Pk[sS] (max pool), Ak[sS] (average pool), G (global "
+        "average pool); X+ before a token opens its block with pool X; "
+        "options :bn :nobn :bias :nobias :dRATE; presets fdfa_conv_mnist, "
+        "fdfa_conv_cifar10, dkp_cifar10, alexnet_cifar100, resnet20, "
+        "resnet56, lenet5)"]
     assert not (tmp_path / "out").exists()
 
 
@@ -392,8 +399,11 @@ def test_label_only_rules_match_the_registry():
 def test_arch_grammar():
     import arch
     blocks = arch.parse("32C5-P2-64C3-P2-256")
-    assert [(b.kind, b.units, b.kernel, b.pool) for b in blocks] == [
-        ("conv", 32, 5, 2), ("conv", 64, 3, 2), ("dense", 256, 0, 0)]
+    assert [(b.kind, b.units, b.kernel, b.post and b.post.token)
+            for b in blocks] == [
+        ("conv", 32, 5, "P2"), ("conv", 64, 3, "P2"), ("dense", 256, 0, None)]
+    assert [(b.stride, b.padding, b.pre) for b in blocks] == [
+        (1, "same", None)] * 3
     with pytest.raises(hparams.UsageError):
         arch.parse("32C5-P2-P2")
     assert os.path.exists(os.path.join(ROOT, "arch.py"))

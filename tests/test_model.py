@@ -12,24 +12,6 @@ import train
 import hparams
 
 
-def test_kp_decay_shrinks_w_minus_b_by_one_minus_lr_lambda_per_step():
-    lr, decay = 0.1, 0.05
-    model = make_model("kp")
-    model.compile(keras.optimizers.SGD(lr, weight_decay=decay),
-                  jit_compile=False)
-    x, y = batch((2, 3, 1))
-    layers = [b.layer for b in model.blocks] + [model.output_layer]
-
-    def gaps():
-        return [np.linalg.norm(l.kernel.numpy() - l.backward_kernel.numpy())
-                for l in layers]
-    before = gaps()
-    for step in range(1, 6):
-        model.train_on_batch(x, y)
-        np.testing.assert_allclose(gaps(), np.array(before) *
-                                   (1 - lr * decay) ** step, rtol=1e-4)
-
-
 def test_dkp_feedback_update_is_h_transpose_e():
     model = make_model("dkp")
     fb_lr = 0.3

@@ -5,6 +5,7 @@ augmentation, each against numbers worked out by hand."""
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 
@@ -413,3 +414,41 @@ def test_killed_mid_epoch_ends_bit_identical_with_the_same_rates(tmp_path):
     np.testing.assert_allclose(history["lr"], cosine, rtol=1e-6)
     pd.testing.assert_frame_equal(history, pd.read_csv(whole /
                                                        "history.csv"))
+
+
+# --- The README's DKP CIFAR-10 recipe ----------------------------------------------
+
+
+def readme_command(marker):
+    """The bash command in the README's code block after `marker`."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    block = text[text.index(marker):].split("```bash\n", 1)[1]
+    block = block.split("```", 1)[0]
+    return shlex.split(block.replace("\\\n", " "))
+
+
+def test_readme_dkp_cifar10_command_trains_on_cifar_files(tmp_path):
+    """Acceptance: the README's command, on CIFAR-format files, for one
+    epoch (its data folder, epochs and workdir replaced)."""
+    from test_data import write_cifar
+    sub, _, train_files, test_files, key, classes = datasets.CIFAR["cifar10"]
+    write_cifar(str(tmp_path / "cifar" / sub), "cifar10", 20, classes, key,
+                train_files + test_files)
+    command = readme_command("dkp-cifar10-command")
+    assert command[:2] == [".venv/bin/python", "train.py"]
+    replaced = {"--data_dir": str(tmp_path / "cifar"), "--epochs": "1",
+                "--workdir": str(tmp_path / "run")}
+    flags = [f"{f.split('=')[0]}={replaced[f.split('=')[0]]}"
+             if f.split("=")[0] in replaced else f for f in command[2:]]
+    assert sum(f.split("=")[0] in replaced for f in flags) == 3
+    result = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    hp = metrics["hparams"]
+    assert (hp["arch"], hp["optimizer"], hp["batch_size"]) == (
+        "dkp_cifar10", "nesterov", 50)
+    assert metrics["epochs_run"] == 1 and math.isfinite(metrics["loss"])
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["fb_lr"].tolist() == pytest.approx([1e-4])

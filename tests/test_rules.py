@@ -45,8 +45,10 @@ def as_reference(model):
     layers = []
     for block in model.blocks:
         layer = block.layer
-        entry = dict(kind=block.spec["kind"], W=f64(layer.kernel),
-                     b=f64(layer.bias), pool=bool(block.spec["pool"]))
+        pool = block.spec.post
+        assert pool is None or pool.token == "P2"  # what reference.Net has
+        entry = dict(kind=block.spec.kind, W=f64(layer.kernel),
+                     b=f64(layer.bias), pool=pool is not None)
         if hasattr(layer, "backward_kernel"):
             entry["B"] = f64(layer.backward_kernel)
         layers.append(entry)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import blocks
 import hparams
-import layers
 import projection
 import train
 
@@ -24,7 +24,7 @@ def test_reshaped_max_pool_matches_keras_pool_and_its_gradient(shape, size):
     upstream = None
     results = []
     for pool in (keras.layers.MaxPooling2D(size),
-                 lambda t: layers.reshaped_max_pool(t, size)):
+                 lambda t: blocks.reshaped_max_pool(t, size)):
         with tf.GradientTape() as tape:
             tape.watch(h)
             out = pool(h)
