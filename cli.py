@@ -10,7 +10,8 @@ from typing import Callable
 
 import hparams as hparams_lib
 import quiet
-from errors import RunFailed, StorageError, UsageError, storage_error
+from errors import (RunFailed, StorageError, UsageError, WorkerStopped,
+                    storage_error)
 
 
 def make_flags(extra: dict[str, str]):
@@ -46,8 +47,10 @@ def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
                              "are given as --name=value; see --help)")
         quiet.set_verbose(flag_values.verbose)
         quiet.install()
+        import xla_cache
+        xla_cache.install()  # (before TensorFlow reads TF_XLA_FLAGS)
         main(flag_values)
-    except (UsageError, RunFailed, StorageError) as error:
+    except (UsageError, RunFailed, StorageError, WorkerStopped) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_status
     except Exception as error:  # a write failed outside our own writers

@@ -126,6 +126,106 @@ def needs_validation(hp) -> bool:
 def load(hp) -> Data:
     """The train/validation/test pipelines a run needs."""
     import tensorflow as tf
+    arrays = prepared(hp)
+    classify = hp["problem_type"] == "classification"
+    augmentation = training_augmentation(hp, arrays.x_train,
+                                         arrays.pad_value)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    size = hp.get("image_size") or 0
+
+    def resized(ds):
+        if size:  # per batch: a whole resized split may not fit in memory
+            ds = ds.map(lambda x, t: (tf.image.resize(
+                x, (size, size), antialias=True), t),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+        return without_autotune(ds.prefetch(AUTOTUNE))
+
+    def pipeline(x, target):
+        ds = tf.data.Dataset.from_tensor_slices((x, target))
+        return resized(ds.batch(hp["batch_size"]))
+    x_tr = arrays.x_train
+    return Data(
+        train=resized(shuffled_batches(
+            x_tr, arrays.target_train, hp["batch_size"], hp["seed"], epoch,
+            augment=augmentation, target_is_input=not classify)),
+        validation=(pipeline(arrays.x_val, arrays.target_val)
+                    if arrays.x_val is not None else None),
+        test=pipeline(arrays.x_test, arrays.target_test),
+        input_shape=((size, size, x_tr.shape[3]) if size
+                     else tuple(x_tr.shape[1:])),
+        target_dim=(arrays.num_classes if classify
+                    else int(np.prod(x_tr.shape[1:]))),
+        num_classes=arrays.num_classes,
+        train_size=int(x_tr.shape[0]),
+        steps_per_epoch=-(-int(x_tr.shape[0]) // hp["batch_size"]),
+        mean_image_test_loss=arrays.baseline,
+        epoch=epoch)
+
+
+# --- Arrays shared by the runs of a process -----------------------------------
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A run's examples, scaled, with their targets (one-hot labels, or the
+    input itself), as tensors; validation None when none is held out."""
+
+    x_train: object
+    target_train: object
+    x_val: object
+    target_val: object
+    x_test: object
+    target_test: object
+    num_classes: int
+    pad_value: np.ndarray  # what a raw 0 pixel becomes (crop padding)
+    baseline: float  # MSE of predicting the mean training image
+    raw: object = None  # the datasets.Arrays they were made from
+
+    def nbytes(self) -> int:
+        return sum(int(np.prod(t.shape)) * t.dtype.size for t in (
+            self.x_train, self.target_train, self.x_val, self.target_val,
+            self.x_test, self.target_test) if t is not None)
+
+
+# Fields that do not change a run's arrays: runs that differ only in these
+# share them.  (Any other field, a new one included, is part of the key.)
+NOT_DATA = frozenset((
+    "algorithm", "arch", "activation", "batch_norm", "bn_momentum",
+    "bn_epsilon", "dropout", "bw_init", "use_bias", "init", "optimizer",
+    "lr", "momentum", "adam_epsilon", "weight_decay", "lr_schedule",
+    "lr_decay", "lr_decay_epochs", "warmup_epochs", "fb_optimizer", "fb_lr",
+    "fb_weight_decay", "fb_lr_decay", "batch_size", "epochs", "augment",
+    "executions_per_trial", "use_xla", "steps_per_execution", "tracker",
+    "tracker_every", "histogram_freq", "precision", "data_dir"))
+CACHE_BYTES = 2 ** 30  # kept beyond the most recent entry
+_cache: dict = {}  # data key -> Prepared, least recently used first
+
+
+def data_key(hp) -> tuple:
+    """What a run's arrays depend on: its data settings and the folder they
+    are read from."""
+    import datasets
+    return (datasets.resolve_dir(hp), *sorted(
+        (k, str(v)) for k, v in hp.items() if k not in NOT_DATA))
+
+
+def prepared(hp) -> Prepared:
+    """The run's arrays, made once per process for every run with the same
+    data settings (a sweep's trials, an execution's reruns): subsetting,
+    scaling and the copy into tensors are not redone per trial."""
+    key = data_key(hp)
+    arrays = _cache.pop(key, None)
+    if arrays is None or arrays.raw is not load_arrays(hp):
+        arrays = prepare(hp)  # (new raw arrays: the files were read again)
+    _cache[key] = arrays  # the most recent last
+    while len(_cache) > 1 and sum(a.nbytes() for a in _cache.values()) \
+            > CACHE_BYTES:
+        del _cache[next(iter(_cache))]
+    return arrays
+
+
+def prepare(hp) -> Prepared:
+    import tensorflow as tf
     raw = load_arrays(hp)
     idx = subsample(raw.y_train, hp["examples_frac"], hp["skew_type"],
                     hp["imbalance_factor"], raw.num_classes, hp["seed"])
@@ -134,66 +234,40 @@ def load(hp) -> Data:
     if needs_validation(hp):
         tr, val = validation_split(y_tr, hp["validation_frac"], hp["seed"])
         x_tr, y_tr, x_val, y_val = x_tr[tr], y_tr[tr], x_tr[val], y_tr[val]
-
     classify = hp["problem_type"] == "classification"
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-
-    size = hp.get("image_size") or 0
-
-    def pipeline(x, y, shuffle):
-        target = (np.eye(raw.num_classes, dtype=np.float32)[y] if classify
-                  else x)
-        if shuffle:
-            ds = shuffled_batches(x, target, hp["batch_size"], hp["seed"],
-                                  epoch, augment=augmentation,
-                                  target_is_input=not classify)
-        else:
-            ds = tf.data.Dataset.from_tensor_slices((x, target)).batch(
-                hp["batch_size"])
-        if size:  # per batch: a whole resized split may not fit in memory
-            ds = ds.map(lambda x, t: (tf.image.resize(
-                x, (size, size), antialias=True), t),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
-        return ds.prefetch(AUTOTUNE)
-
     statistics = (channel_statistics(x_tr) if hp["scaler"] == "normalize"
                   else None)  # the training split's alone
 
     def scaled(x):
         return scale(x, hp["scaler"], raw.max_value, statistics)
-    augmentation = training_augmentation(hp, x_tr, scaled)
+
+    def tensors(x, y):
+        if x is None:
+            return None, None
+        target = (np.eye(raw.num_classes, dtype=np.float32)[y] if classify
+                  else x)
+        return tf.constant(x), tf.constant(target)
     x_tr, x_te = scaled(x_tr), scaled(raw.x_test)
     if x_val is not None:
         x_val = scaled(x_val)
     baseline = float(np.mean(np.square(x_te - x_tr.mean(axis=0))))
-    return Data(
-        train=pipeline(x_tr, y_tr, shuffle=True),
-        validation=(pipeline(x_val, y_val, shuffle=False)
-                    if x_val is not None else None),
-        test=pipeline(x_te, raw.y_test, shuffle=False),
-        input_shape=((size, size, x_tr.shape[3]) if size
-                     else tuple(x_tr.shape[1:])),
-        target_dim=(raw.num_classes if classify
-                    else int(np.prod(x_tr.shape[1:]))),
-        num_classes=raw.num_classes,
-        train_size=len(x_tr),
-        steps_per_epoch=-(-len(x_tr) // hp["batch_size"]),
-        mean_image_test_loss=baseline,
-        epoch=epoch)
+    # What a raw 0 pixel becomes: torchvision pads the raw image.
+    pad_value = scaled(np.zeros((1,) * (x_tr.ndim - 1) + x_tr.shape[-1:]))
+    return Prepared(*tensors(x_tr, y_tr), *tensors(x_val, y_val),
+                    *tensors(x_te, raw.y_test), raw.num_classes,
+                    pad_value.reshape(-1), baseline, raw)
 
 
-def training_augmentation(hp, x_train, scaled):
+def training_augmentation(hp, x_train, pad_value):
     """`--augment`'s function of a training batch, or None; refuses data
     that are not images."""
     import augment
     if hp["augment"] == "none":
         return None
-    if x_train.ndim != 4:
+    if len(x_train.shape) != 4:
         raise UsageError(f"--augment={hp['augment']} needs images (N, H, W, "
                          f"C); {hp['dataset']} gives examples of shape "
-                         f"{x_train.shape[1:]} (valid for it: none)")
-    # What a raw 0 pixel becomes: torchvision pads the raw image.
-    pad_value = scaled(np.zeros((1, 1, 1, x_train.shape[-1])))[0, 0, 0]
+                         f"{tuple(x_train.shape[1:])} (valid for it: none)")
     return augment.augmenter(hp["augment"], pad_value)
 
 
@@ -233,9 +307,26 @@ def shuffled_batches(x, target, batch_size, seed, epoch, augment=None,
         return images, images if target_is_input else tf.gather(target, idx)
 
     # flat_map hides the length; Keras needs it to plan its steps.
-    return (tf.data.Dataset.from_tensors(0).flat_map(order)
-            .apply(tf.data.experimental.assert_cardinality(n))
-            .batch(batch_size)
-            .enumerate()
-            .map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
-            .prefetch(AUTOTUNE))
+    return without_autotune(
+        tf.data.Dataset.from_tensors(0).flat_map(order)
+        .apply(tf.data.experimental.assert_cardinality(n))
+        .batch(batch_size)
+        .enumerate()
+        .map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
+        .prefetch(AUTOTUNE))
+
+
+def without_autotune(ds):
+    """`ds` without tf.data's autotuning model.
+
+    Its optimisation thread makes the destruction of a finished iterator
+    wait, with no CPU use, for up to its current optimisation period, which
+    grows with the iterator's life: Keras drops each epoch's training
+    iterator when the next epoch's first batch is read, and that wait (up
+    to 9.6 s on 800-800 MNIST, measured) fell inside the next epoch.
+    Without the model, map still runs its calls in parallel (one per core)
+    and prefetch sizes its buffer by itself; the batches are the same."""
+    import tensorflow as tf
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)

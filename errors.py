@@ -52,6 +52,18 @@ class StorageError(RuntimeError):
             "command to continue")
 
 
+class WorkerStopped(RuntimeError):
+    """A worker of a parallel sweep (launcher.py) ended with a status that
+    is not retried (2, 3, 4): the sweep stops with the same status; the
+    worker wrote its own error line before."""
+
+    def __init__(self, worker: str, exit_status: int, meaning: str):
+        self.exit_status = exit_status
+        super().__init__(f"{worker} stopped the sweep ({meaning}, exit "
+                         f"status {exit_status}: its error is above); the "
+                         "other workers were stopped")
+
+
 # Failures that come from the storage, not from the program (our own
 # writers, atomic.py, turn any OSError into a StorageError; these are
 # recognised in the writes of others: Keras' CSV log, TensorFlow's event

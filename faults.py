@@ -10,6 +10,12 @@ up), `run_end` (a run's model.keras written, its metrics.json not yet),
 `trial_end` (a trial recorded, the next not begun), `train_batch` (a
 training batch done, mid-epoch; passed only when armed, see `armed`).
 
+    BPFREE_STOP_AT=<point>[:<n>]
+
+makes it stop itself (SIGSTOP) there instead, the n-th time, so that a
+test can kill a whole process group at a known moment (the workers of a
+parallel sweep, each stopped inside a trial).
+
     BPFREE_DISK_FULL_AT=<n>[:all]
 
 makes the n-th atomic write (atomic.py: results, records, models, backups;
@@ -26,25 +32,22 @@ import os
 import signal
 
 ENV = "BPFREE_KILL_AT"
+STOP_ENV = "BPFREE_STOP_AT"
 DISK_FULL_ENV = "BPFREE_DISK_FULL_AT"
 _passes: collections.Counter = collections.Counter()
 
 
 def armed() -> bool:
     """Whether a kill is asked for (per-batch points cost nothing then)."""
-    return bool(os.environ.get(ENV))
+    return bool(os.environ.get(ENV) or os.environ.get(STOP_ENV))
 
 
 def point(name: str) -> None:
-    spec = os.environ.get(ENV)
-    if not spec:
-        return
-    wanted, _, nth = spec.partition(":")
-    if wanted != name:
-        return
     _passes[name] += 1
-    if _passes[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    for env, signum in ((ENV, signal.SIGKILL), (STOP_ENV, signal.SIGSTOP)):
+        wanted, _, nth = os.environ.get(env, "").partition(":")
+        if wanted == name and _passes[name] == int(nth or 1):
+            os.kill(os.getpid(), signum)
 
 
 def write_point(path: str) -> None:

@@ -120,6 +120,8 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
         board.end_session(os.path.join(workdir, "tensorboard"),
                           failed=metrics["diverged"])
     shutil.rmtree(os.path.join(workdir, "backup"), ignore_errors=True)
+    import xla_cache
+    xla_cache.publish()  # what this run compiled, for later processes
     return metrics
 
 

@@ -7,3 +7,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+
+# Subprocesses keep their XLA compilation cache (xla_cache.py) in a folder
+# of this test session, not in the user's cache.
+if "BPFREE_XLA_CACHE" not in os.environ:
+    import tempfile
+    os.environ["BPFREE_XLA_CACHE"] = tempfile.mkdtemp(prefix="bpfree-xla-")

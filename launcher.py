@@ -1,0 +1,281 @@
+"""Several trials of one sweep at once on this machine: `--workers=N`.
+
+The process that runs the sweep (tune.py, through train.bash) stays the
+chief of keras-tuner's chief/worker mode: it holds the sweep folder
+(sweep.lock), plans the grid, serves its oracle over gRPC on 127.0.0.1
+only (a port the system picks, so no other sweep collides with it), and
+starts N worker processes: `tune.py` again with the same settings and
+KERASTUNER_TUNER_ID=worker<k>.  Each worker asks the oracle for the next
+configuration of the grid and runs it exactly as a serial sweep would, in
+the same sweep folder: same trial names, resume and results.
+
+Resources: with GPUs, worker k sees one of them (CUDA_VISIBLE_DEVICES,
+round robin: more workers than GPUs share them).  On CPU the cores are
+split between the workers' inter-op thread pools (TF_NUM_INTEROP_THREADS)
+and their tf.data and OpenMP threads; the intra-op pools keep one thread
+per core, as in a serial sweep, because XLA's convolution gradients sum in
+an order that depends on the intra-op thread count (measured: 1 and 2
+threads give different bits), and a trial's numbers must not depend on how
+many workers ran the sweep.
+
+Faults: a worker that crashes (killed, or a crash of Python) is started
+again under the same id; the oracle hands it back its trial, which resumes
+from its last finished epoch.  Ctrl-C or SIGTERM stops every worker and
+the sweep (exit 130 or 143; rerun the command to continue).  Workers die
+with the chief (PR_SET_PDEATHSIG), so a SIGKILL of the chief alone leaves
+no worker behind, and a SIGKILL of the whole process group resumes on
+rerun like a serial sweep.  A worker that stops on bad input (2) or a
+failed write (4) stops the sweep with its status.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import hparams as hparams_lib
+from errors import UsageError, WorkerStopped
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LAUNCHER_ENV = "BPFREE_LAUNCHER_PID"  # set in the workers it starts
+QUIET_ENV = "BPFREE_WORKER_QUIET"  # workers print no per-trial lines
+NOT_RETRIED = {2: "bad input", 3: "a failed run", 4: "a failed write"}
+POLL_SECONDS = 0.2
+STOP_SECONDS = 10  # how long a worker gets to end after SIGTERM
+
+
+def parse_workers(text) -> int:
+    """`--workers`' value: a whole number ≥ 1 (1: a serial sweep)."""
+    if text is None:
+        return 1
+    try:
+        workers = int(str(text).strip())
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise UsageError(f"--workers={text}: must be a whole number of at "
+                         "least 1 (the trials run at once; 1: one after "
+                         "another)")
+    return workers
+
+
+# --- What each worker gets --------------------------------------------------
+
+
+def gpu_ids() -> list[str]:
+    """The GPUs this process may use (CUDA_VISIBLE_DEVICES' ids, else every
+    GPU TensorFlow finds); empty without a GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",")
+                if g.strip() and g.strip() != "-1"]
+    import tensorflow as tf
+    return [str(k) for k in range(len(tf.config.list_physical_devices(
+        "GPU")))]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on Linux)
+        return os.cpu_count() or 1
+
+
+def worker_environment(k: int, workers: int, gpus: list[str],
+                       cores: int) -> dict:
+    """The settings worker k of `workers` runs with."""
+    share = str(max(1, cores // workers))
+    env = {"KERASTUNER_TUNER_ID": f"worker{k}",
+           "TF_NUM_INTEROP_THREADS": share, "OMP_NUM_THREADS": share}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
+    return env
+
+
+def command_line(given: dict) -> list[str]:
+    """Flags that give a worker the same settings (hparams fields)."""
+    flags = []
+    for name, values in given.items():
+        texts = [repr(v) if isinstance(v, float) else str(v)
+                 for v in values]
+        flags.append(f"--{name}={','.join(texts)}")
+    return flags
+
+
+def check_round_trip(given: dict, flags: list[str]) -> None:
+    """The workers must plan the very grid the chief planned."""
+    import cli
+    flag_values = cli.make_flags({"sweep_dir": "", "workers": ""})
+    flag_values(["tune.py", *flags])
+    if hparams_lib.given_on_command_line(flag_values) != dict(given):
+        raise RuntimeError(f"the workers' flags {flags} do not give the "
+                           "sweep's settings back")
+
+
+# --- The chief ----------------------------------------------------------------
+
+
+def serve(oracle):
+    """keras-tuner's oracle service on 127.0.0.1, on a free port; returns
+    (server, port)."""
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    protos.get_service_grpc().add_OracleServicer_to_server(
+        oracle_chief.OracleServicer(oracle), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+class Stop(Exception):
+    """SIGTERM, or a worker ended by Ctrl-C or SIGTERM: stop the sweep."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run(tuner, sweep_dir: str, given: dict, workers: int,
+        announce: bool = True, details: bool = False) -> None:
+    """Serves the sweep's grid to `workers` worker processes until every
+    one has found it done.  `announce`: the workers' line per trial;
+    `details` (-v): keras-tuner's own trial tables."""
+    flags = [f"--sweep_dir={sweep_dir}", *command_line(given)]
+    check_round_trip(given, flags[1:])
+    tuner.oracle.verbose = 1 if details else 0
+    tuner.save()  # (keras-tuner's chief saves before serving)
+    server, port = serve(tuner.oracle)
+    gpus, cores = gpu_ids(), cpu_count()
+    base = {**os.environ, LAUNCHER_ENV: str(os.getpid()),
+            "KERASTUNER_ORACLE_IP": "127.0.0.1",
+            "KERASTUNER_ORACLE_PORT": str(port)}
+    if not announce:
+        base[QUIET_ENV] = "1"
+    pool = Pool([sys.executable, os.path.join(HERE, "tune.py"), *flags],
+                [{**base, **worker_environment(k + 1, workers, gpus, cores)}
+                 for k in range(workers)])
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        pool.start_all()
+        pool.wait()
+    except (KeyboardInterrupt, Stop) as interrupt:
+        pool.stop()
+        signum = (interrupt.signum if isinstance(interrupt, Stop)
+                  else signal.SIGINT)
+        print(f"launcher: stopped by {signal.Signals(signum).name[3:]}, with "
+              "its workers; rerun the same command to continue",
+              file=sys.stderr, flush=True)
+        raise Stop(signum) from None
+    finally:
+        pool.stop()
+        signal.signal(signal.SIGTERM, previous)
+        server.stop(0)
+
+
+def _raise_stop(signum, frame):
+    raise Stop(signum)
+
+
+def max_restarts() -> int:
+    return int(os.environ.get("BPFREE_MAX_RESTARTS", "5"))
+
+
+class Pool:
+    """The worker processes: started, restarted after a crash, stopped."""
+
+    def __init__(self, command, environments):
+        self.command, self.environments = command, environments
+        self.processes = [None] * len(environments)
+        self.restarts = [0] * len(environments)
+        self.done = [False] * len(environments)
+
+    def start(self, k):
+        # stdout and stderr are this process's: one line per trial, whole.
+        self.processes[k] = subprocess.Popen(self.command,
+                                             env=self.environments[k])
+
+    def start_all(self):
+        for k in range(len(self.processes)):
+            self.start(k)
+
+    def wait(self):
+        """Until every worker has ended with status 0; restarts crashed
+        ones; raises on one that must not be retried."""
+        while not all(self.done):
+            for k, process in enumerate(self.processes):
+                if self.done[k] or process.poll() is None:
+                    continue
+                self.ended(k, process.returncode)
+            time.sleep(POLL_SECONDS)
+
+    def ended(self, k, status):
+        name = f"worker{k + 1}"
+        if status == 0:
+            self.done[k] = True
+            return
+        if status in NOT_RETRIED:
+            self.stop()
+            raise WorkerStopped(name, status, NOT_RETRIED[status])
+        if status in (-signal.SIGINT, -signal.SIGTERM, 130, 143):
+            raise Stop(signal.SIGINT if status in (-signal.SIGINT, 130)
+                       else signal.SIGTERM)
+        reason = (f"killed by signal {signal.Signals(-status).name[3:]}"
+                  if status < 0 else f"exit status {status}")
+        if self.restarts[k] >= max_restarts():
+            self.stop()
+            raise RuntimeError(f"{name} crashed ({reason}) "
+                               f"{self.restarts[k] + 1} times; giving up "
+                               "(rerun the same command to continue)")
+        self.restarts[k] += 1
+        print(f"launcher: {name} crashed ({reason}); restarting it "
+              f"({self.restarts[k]}/{max_restarts()}); its trial resumes "
+              "from its last finished epoch", file=sys.stderr, flush=True)
+        self.start(k)
+
+    def stop(self):
+        """SIGTERM to every worker still running, SIGKILL after
+        STOP_SECONDS."""
+        running = [p for p in self.processes
+                   if p is not None and p.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.time() + STOP_SECONDS
+        for process in running:
+            try:
+                process.wait(max(deadline - time.time(), 0.1))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# --- A worker -------------------------------------------------------------------
+
+
+def is_launched_worker() -> bool:
+    return bool(os.environ.get(LAUNCHER_ENV))
+
+
+def become_worker() -> None:
+    """In a worker this launcher started, before TensorFlow loads: die with
+    the chief (even by SIGKILL), and end without a traceback on Ctrl-C
+    (the chief stops the sweep; the trial resumes on rerun)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # (not Linux: no such guard)
+        pass
+    if str(os.getppid()) != os.environ[LAUNCHER_ENV]:
+        os._exit(1)  # the chief ended before the guard was set
+
+
+def announces() -> bool:
+    return os.environ.get(QUIET_ENV) != "1"
