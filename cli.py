@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-import hparams as hparams_lib
+import space as space_lib
 import quiet
 from errors import (RunFailed, StorageError, UsageError, WorkerStopped,
                     storage_error)
@@ -19,7 +19,7 @@ def make_flags(extra: dict[str, str]):
     (name: help) string flags."""
     from absl import flags
     flag_values = flags.FlagValues()
-    hparams_lib.define_flags(flag_values)
+    space_lib.define_flags(flag_values)
     for name, help_text in extra.items():
         flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
     flags.DEFINE_boolean(

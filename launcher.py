@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 
-import hparams as hparams_lib
+import space as space_lib
 from errors import UsageError, WorkerStopped
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -110,7 +110,7 @@ def check_round_trip(given: dict, flags: list[str]) -> None:
     import cli
     flag_values = cli.make_flags({"sweep_dir": "", "workers": ""})
     flag_values(["tune.py", *flags])
-    if hparams_lib.given_on_command_line(flag_values) != dict(given):
+    if space_lib.given_on_command_line(flag_values) != dict(given):
         raise RuntimeError(f"the workers' flags {flags} do not give the "
                            "sweep's settings back")
 

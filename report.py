@@ -32,10 +32,10 @@ import dataclasses
 import os
 import sys
 
-import numpy as np
 import pandas as pd
 
 import atomic
+import tracker_plots
 import hparams as hparams_lib
 import report_plots
 from errors import UsageError
@@ -43,7 +43,7 @@ from errors import UsageError
 METRICS = ("test_accuracy", "test_loss", "val_loss", "val_accuracy", "loss",
            "accuracy", "train_seconds")
 # Tracker columns of the table: (family, layers averaged), as
-# trackers.PLOTTED plots them; the value of the last epoch.
+# tracker_plots.PLOTTED plots them; the value of the last epoch.
 TRACKED = (("bp_cosine", "hidden"), ("signal_cosine", "hidden"),
            ("weight_alignment", "all"))
 
@@ -130,13 +130,12 @@ def load(sweep_dir: str) -> Sweep:
 
 def tracker_values(sweep: Sweep, trial_id) -> list[dict]:
     """Per finished run of the trial, the last epoch's tracker families
-    (mean over the layers trackers.PLOTTED averages)."""
-    import trackers
+    (mean over the layers tracker_plots.PLOTTED averages)."""
     values = []
     for frame in sweep.history_frames(trial_id):
         row = {}
         for family, layers in TRACKED:
-            mean = trackers.layer_mean(frame, family, layers)
+            mean = tracker_plots.layer_mean(frame, family, layers)
             if mean is not None and len(mean):
                 row[family] = float(mean.iloc[-1])
         values.append(row)

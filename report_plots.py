@@ -8,7 +8,7 @@
                       configuration: bars from zero, error bars only where
                       it has two or more executions
     alignment         per rule, alignment with backprop per epoch, when the
-                      sweep ran with trackers (trackers.alignment_figure)
+                      sweep ran with trackers (tracker_plots.alignment_figure)
 
 Each returns a matplotlib figure (or None when there is nothing to draw),
 so that its limits and labels can be read; `save_figure` writes one.
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 import atomic
+import tracker_plots
 
 if TYPE_CHECKING:
     from report import Sweep
@@ -116,14 +117,13 @@ def plot_best_per_rule(sweep: Sweep, best: pd.DataFrame):
 
 
 def alignment_figure(sweep: Sweep, best: pd.DataFrame):
-    """Alignment with backprop per epoch (trackers.alignment_figure), when
+    """Alignment with backprop per epoch (tracker_plots.alignment_figure), when
     the sweep tracked it; None otherwise."""
-    if not sweep.tracked:  # (and spare the TensorFlow import of trackers)
+    if not sweep.tracked:
         return None
     histories = {str(row["algorithm"]): frames for _, row in best.iterrows()
                  if (frames := sweep.history_frames(row["trial_id"]))}
-    import trackers
-    return trackers.alignment_figure(
+    return tracker_plots.alignment_figure(
         histories, title=f"Alignment with backprop: {what_ran(sweep)}") \
         if histories else None
 

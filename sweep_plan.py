@@ -19,6 +19,7 @@ import sys
 import time
 
 import hparams as hparams_lib
+import space as space_lib
 from errors import UsageError
 
 SWEEP_LEVEL = ("objective", "executions_per_trial")  # one value per sweep
@@ -78,7 +79,7 @@ def config_is_valid(config) -> bool:
 def first_problem(space) -> str:
     """Why no configuration of the space is valid."""
     import train
-    config = next(hparams_lib.grid(space))
+    config = next(space_lib.grid(space))
     try:
         train.check_settings(config)
     except UsageError as error:
@@ -221,8 +222,8 @@ def plan_grid(given):
     for name in (*SWEEP_LEVEL, *hparams_lib.LOCATION_FIELDS):
         if len(given.get(name, ())) > 1:
             raise UsageError(f"--{name} takes one value per sweep")
-    space = hparams_lib.search_space(given)
-    configs = list(hparams_lib.grid(space, config_is_valid))
+    space = space_lib.search_space(given)
+    configs = list(space_lib.grid(space, config_is_valid))
     if not configs:
         raise UsageError(
             f"no valid configuration to run: {first_problem(space)}")

@@ -18,6 +18,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hparams as hparams_lib  # noqa: E402
+import space as space_lib
 from errors import RunFailed, UsageError  # noqa: E402
 
 
@@ -210,8 +211,8 @@ def main(flag_values):
     if not workdir:
         raise UsageError("--workdir is required (where the run writes its "
                          "results)")
-    hp = hparams_lib.single_run(
-        hparams_lib.given_on_command_line(flag_values))
+    hp = space_lib.single_run(
+        space_lib.given_on_command_line(flag_values))
     # A progress bar on a terminal, else one line per epoch.
     metrics = train_and_evaluate(
         hp, workdir, verbose="auto" if sys.stdout.isatty() else 2)

@@ -57,7 +57,7 @@ import traceback
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import faults  # noqa: E402
-import hparams as hparams_lib  # noqa: E402
+import space as space_lib  # noqa: E402
 from errors import StorageError, UsageError, storage_error  # noqa: E402
 # (what other modules and the tests read from here)
 from sweep_plan import (SWEEP_FILE, Sweep, check_records,  # noqa: E402,F401
@@ -248,7 +248,7 @@ def run_sweep(given, sweep_dir, verbose=True, workers=1):
                          "(or the chief), not for a worker of the "
                          "chief/worker mode")
     folders.check_writable(sweep_dir, "--sweep_dir")
-    check_same_sweep(sweep_dir, hparams_lib.search_space(given))
+    check_same_sweep(sweep_dir, space_lib.search_space(given))
     check_records(sweep_dir)
     space, configs = plan_grid(given)
     for dataset in sorted({c["dataset"] for c in configs}):
@@ -314,7 +314,7 @@ def main(flag_values):
         raise UsageError("--sweep_dir is required (where the sweep writes)")
     workers = launcher.parse_workers(flag_values.workers)
     try:
-        run_sweep(hparams_lib.given_on_command_line(flag_values),
+        run_sweep(space_lib.given_on_command_line(flag_values),
                   flag_values.sweep_dir, verbose=launcher.announces(),
                   workers=workers)
     except launcher.Stop as stop:  # end as the signal ends a process

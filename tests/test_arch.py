@@ -10,6 +10,7 @@ import pytest
 import arch
 import cli
 import hparams
+import space
 import shapes
 import train
 import tune
@@ -291,17 +292,17 @@ def test_machine_memory_is_read():
 def test_colour_datasets_default_to_the_dkp_cnn_and_grey_ones_to_the_mlp():
     for dataset in ("cifar10", "cifar100", "eurosat", "caltech256"):
         assert hparams.make(dataset=dataset).arch == "dkp_cifar10"
-        assert hparams.search_space({"dataset": (dataset,)})["arch"] == (
+        assert space.search_space({"dataset": (dataset,)})["arch"] == (
             "dkp_cifar10",)
     for dataset in ("digits", "mnist", "fmnist"):
         assert hparams.make(dataset=dataset).arch == "256-256"
     assert hparams.make(dataset="cifar10", arch="500").arch == "500"
     # A preset pins batch norm: the sweep does not search it for nothing.
-    assert hparams.search_space({"dataset": ("cifar10",)})[
+    assert space.search_space({"dataset": ("cifar10",)})[
         "batch_norm"] == (False,)
-    assert hparams.search_space({})["batch_norm"] == (False, True)
+    assert space.search_space({})["batch_norm"] == (False, True)
     with pytest.raises(hparams.UsageError, match="give --arch"):
-        hparams.search_space({"dataset": ("mnist", "cifar10")})
+        space.search_space({"dataset": ("mnist", "cifar10")})
     assert "dkp_cifar10 for cifar10" in hparams.FIELDS_BY_NAME[
         "arch"].default_text
 

@@ -15,6 +15,7 @@ import pytest
 
 import cli
 import hparams
+import space
 import report
 import train
 import tune
@@ -379,14 +380,14 @@ def test_flag_values_pin_list_or_search_all():
     flag_values = cli.make_flags({})
     flag_values(["prog", "--lr=1e-3,1e-2", "--algorithm=all",
                  "--nobatch_norm", "--arch=16C5-P2-64"])
-    given = hparams.given_on_command_line(flag_values)
+    given = space.given_on_command_line(flag_values)
     assert given["lr"] == (1e-3, 1e-2)
     assert given["algorithm"] == hparams.ALGORITHMS
     assert given["batch_norm"] == (False,)
-    space = hparams.search_space(given)
-    assert space["arch"] == ("16C5-P2-64",)
-    assert space["activation"] == hparams.FIELDS_BY_NAME["activation"].grid
-    assert space["seed"] == (0,)  # no grid: the default alone
+    values = space.search_space(given)
+    assert values["arch"] == ("16C5-P2-64",)
+    assert values["activation"] == hparams.FIELDS_BY_NAME["activation"].grid
+    assert values["seed"] == (0,)  # no grid: the default alone
 
 
 def test_label_only_rules_match_the_registry():

@@ -12,8 +12,10 @@ import tensorflow as tf
 
 import cli
 import hparams
+import space
 import reference
 import train
+import tracker_plots
 import trackers
 from hparams import ALGORITHMS, TRACKERS
 from test_rules import ARCHS, as_reference, batch, make_model
@@ -219,9 +221,9 @@ def test_tracker_flag_repeats_and_joins_into_one_pinned_value():
     flag_values = cli.make_flags({})
     flag_values(["prog", "--tracker=norms", "--tracker",
                  "bp_cosine,local_loss"])
-    given = hparams.given_on_command_line(flag_values)
+    given = space.given_on_command_line(flag_values)
     assert given["tracker"] == ("bp_cosine,norms,local_loss",)
-    assert hparams.search_space({})["tracker"] == ("",)  # never a grid
+    assert space.search_space({})["tracker"] == ("",)  # never a grid
     assert trackers.parse("all") == TRACKERS
     assert trackers.parse("") == ()
 
@@ -339,9 +341,9 @@ def test_plot_alignment_draws_one_line_per_rule(tmp_path):
                             "bp_cosine/block1": [0.0, 0.4, 0.5]}),
         "bp_no_trackers": pd.DataFrame({"epoch": epochs, "loss": [1, 2, 3]}),
     }
-    path = trackers.plot_alignment(frames, str(tmp_path / "a.png"))
+    path = tracker_plots.plot_alignment(frames, str(tmp_path / "a.png"))
     assert path and os.path.getsize(path) > 1000
     np.testing.assert_allclose(
-        trackers.layer_mean(frames["dfa"][0], "bp_cosine"), [0.1, 0.2, 0.3])
-    assert trackers.plot_alignment({"x": frames["bp_no_trackers"]},
+        tracker_plots.layer_mean(frames["dfa"][0], "bp_cosine"), [0.1, 0.2, 0.3])
+    assert tracker_plots.plot_alignment({"x": frames["bp_no_trackers"]},
                                    str(tmp_path / "b.png")) is None
