@@ -40,6 +40,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import quiet  # noqa: E402
+
+quiet.install()  # TensorFlow's start-up lines hidden, as in train.py
+
 import hparams as hparams_lib  # noqa: E402
 import references  # noqa: E402  (benchmarks/references.py)
 from accuracy_report import CONV_SCALERS, DATASETS, report  # noqa: E402

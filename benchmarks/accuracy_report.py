@@ -192,14 +192,15 @@ def fdfa_conv_section(args, results):
     return lines
 
 
-def training_minutes(parts) -> float:
-    runs = list(parts.get("fa", []))
-    for name in ("rules", "conv"):
-        runs += [m for rules in parts.get(name, {}).values()
-                 for per_seed in rules.values() for m in per_seed]
-    for name in ("fdfa", "fdfa_conv"):
-        runs += [m for per_seed in parts.get(name, {}).values()
-                 for m in per_seed]
+def training_minutes(name, part) -> float:
+    """Minutes of training summed over one part's runs."""
+    if name == "fa":
+        runs = list(part)
+    elif name in ("rules", "conv"):
+        runs = [m for rules in part.values() for per_seed in rules.values()
+                for m in per_seed]
+    else:  # fdfa, fdfa_conv: {rule: [metrics per seed]}
+        runs = [m for per_seed in part.values() for m in per_seed]
     return sum(m.get("train_seconds", 0) for m in runs) / 60
 
 
@@ -208,13 +209,16 @@ def report(args, argv, parts, seconds, old=""):
     invocation did not run (its seeds set to 0) keeps its section from the
     `old` report, with the line saying when and how it was produced."""
     import tensorflow as tf
-    stamp = (f"Produced {datetime.date.today().isoformat()} by "
-             f"`{command_line(argv)}` (TensorFlow {tf.__version__}, "
-             f"{os.cpu_count()} CPU cores"
-             f"{', GPU' if tf.config.list_physical_devices('GPU') else ''}; "
-             "XLA on, 8 steps per execution); training took "
-             f"{training_minutes(parts):.0f} min "
-             f"summed over its runs, the invocation {seconds / 60:.0f} min.")
+
+    def stamp(name):
+        return (f"Produced {datetime.date.today().isoformat()} by "
+                f"`{command_line(argv)}` (TensorFlow {tf.__version__}, "
+                f"{os.cpu_count()} CPU cores"
+                f"{', GPU' if tf.config.list_physical_devices('GPU') else ''}"
+                "; XLA on, 8 steps per execution); its runs trained for "
+                f"{training_minutes(name, parts[name]):.0f} min in all "
+                f"(the invocation took {seconds / 60:.0f} min, reusing "
+                "the runs it found finished).")
     new = {}
     if parts.get("fdfa"):
         new[FDFA_TITLE] = fdfa_section(args, parts["fdfa"])
@@ -231,9 +235,11 @@ def report(args, argv, parts, seconds, old=""):
                 "(Akrout et al. need decay for W and B to converge)."]
     if parts.get("conv"):
         new[CONV_TITLE] = conv_section(args, parts["conv"])
+    part_of = {FDFA_TITLE: "fdfa", FDFA_CONV_TITLE: "fdfa_conv",
+               FA_TITLE: "fa", RULES_TITLE: "rules", CONV_TITLE: "conv"}
     sections = sections_of(old)
     for title, lines in new.items():
-        sections[title] = [title, "", stamp, "", *lines[2:]]
+        sections[title] = [title, "", stamp(part_of[title]), "", *lines[2:]]
     lines = ["# Results", "",
              "Written by `benchmarks/accuracy.py`; runs already finished in "
              "its work folder are reused, and each section says when and by "
