@@ -72,21 +72,25 @@ class _Layers:
     block's settings (`--init`, feedback kernels, `--bn_*`)."""
 
     def __init__(self, kernel_feedback, bw_init, init, bn_momentum,
-                 bn_epsilon):
+                 bn_epsilon, dtype=None):
         self.kernel_feedback, self.bw_init, self.init = (
             kernel_feedback, bw_init, init)
         self.bn_momentum, self.bn_epsilon = bn_momentum, bn_epsilon
+        self.dtype = dtype  # the block's dtype policy (--precision)
 
     def linear(self, kind, units, use_bias, seed, kernel=0, strides=1,
                padding="same", name=None):
         return make_linear(kind, units, kernel, use_bias,
                            self.kernel_feedback, self.bw_init, seed,
                            self.init, strides=strides, padding=padding,
-                           name=name)
+                           name=name, dtype=self.dtype)
 
     def norm(self, name=None):
+        # Under a mixed policy Keras' batch norm computes in float32 and
+        # keeps γ, β and the moving statistics float32.
         return keras.layers.BatchNormalization(
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name)
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name,
+            dtype=self.dtype)
 
 
 class ResidualUnit(keras.layers.Layer):
@@ -170,14 +174,16 @@ class Block(keras.layers.Layer):
                              kernel_feedback=kernel_feedback,
                              bw_init=bw_init, seed=seed, init=init,
                              bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+        # Its layers compute in the block's own dtype policy (`dtype`,
+        # saved with its config): a mixed one under --precision=mixed_*.
         make = _Layers(kernel_feedback, bw_init, init, bn_momentum,
-                       bn_epsilon)
+                       bn_epsilon, self.dtype_policy)
         s = self.spec
         self.unit = self.layer = self.norm = None
         if s.kind == "residual":
             self.unit = ResidualUnit(s.units, s.stride, activation,
                                      s.batch_norm, s.use_bias, seed, make,
-                                     name="unit")
+                                     name="unit", dtype=self.dtype_policy)
         else:
             self.layer = make.linear(s.kind, s.units, s.use_bias, seed,
                                      s.kernel, s.stride, s.padding)

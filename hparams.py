@@ -45,6 +45,9 @@ SKEW_TYPES = ("none", "long_tailed", "step")
 OBJECTIVES = ("loss", "val_loss", "error_rate", "val_error_rate")
 PROBLEM_TYPES = ("classification", "reconstruction")
 # Diagnostics (trackers.py); TensorFlow-free here, like ALGORITHMS.
+# Keras' dtype policies (model.py): forward and backward passes in 16 bits,
+# weights, feedback matrices, losses and optimizer state in float32.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 TRACKERS = ("bp_cosine", "signal_cosine", "weight_alignment", "norms",
             "local_loss", "histograms")
 
@@ -294,6 +297,11 @@ FIELDS: tuple[Field, ...] = (
     Field("executions_per_trial", int, 1, "Seeds run per trial.",
           check=_positive),
     Field("use_xla", bool, True, "Compile the train step with XLA."),
+    Field("precision", str, "float32", "Keras' dtype policy: float32, or "
+          "mixed precision (compute in bfloat16 or float16; weights, "
+          "feedback matrices, losses and optimizers' state in float32; "
+          "mixed_float16 scales the loss dynamically).",
+          choices=PRECISIONS),
     Field("steps_per_execution", int, 8, "Train steps per compiled call.",
           check=_positive),
     # Diagnostics (trackers.py): logged per epoch to history.csv and

@@ -256,21 +256,24 @@ class FeedbackConv2D(_BackwardKernelMixin, Conv2D):
 
 def make_linear(kind, units, kernel=0, use_bias=True, kernel_feedback=None,
                 bw_init="uniform", seed=0, init="glorot_uniform", strides=1,
-                padding="same", name=None):
+                padding="same", name=None, dtype=None):
     """A dense or conv layer (blocks, residual units, the output layer):
     plain, or sending errors back through B (`kernel_feedback` "fixed" or
-    "learned").  `padding` is "same", "valid" or pixels on every side."""
+    "learned").  `padding` is "same", "valid" or pixels on every side;
+    `dtype` the Keras dtype policy (mixed: W and B stay float32 variables,
+    read in the compute dtype inside the layer, so FA/KP's backward
+    product dy Bᵀ runs in 16 bits like the rest of the backward pass)."""
     conv = {} if kind == "dense" else dict(
         kernel_size=kernel, strides=strides,
         padding=padding if isinstance(padding, str) else "valid",
         pad=0 if isinstance(padding, str) else padding)
+    common = dict(use_bias=use_bias, init=init, name=name, dtype=dtype)
     if kernel_feedback is None:
         if kind == "dense":
-            return Dense(units, init, use_bias=use_bias, name=name)
-        return Conv2D(units, init=init, use_bias=use_bias, name=name, **conv)
+            return Dense(units, **common)
+        return Conv2D(units, **common, **conv)
     learned = kernel_feedback == "learned"
     if kind == "dense":
-        return FeedbackDense(units, learned, bw_init, seed, use_bias=use_bias,
-                             init=init, name=name)
+        return FeedbackDense(units, learned, bw_init, seed, **common)
     return FeedbackConv2D(units, learned=learned, bw_init=bw_init, seed=seed,
-                          use_bias=use_bias, init=init, name=name, **conv)
+                          **common, **conv)

@@ -7,6 +7,20 @@ feedback) or asks each hidden block's projection for its teaching signal
 and differentiates each block's output with respect to that block's own
 variables only.  Learned feedback matrices get their gradients from their
 projection and are applied by a separate feedback optimizer.
+
+Precision (`--precision`): the blocks and the output layer take Keras'
+dtype policy (float32, mixed_bfloat16 or mixed_float16), so the forward
+and backward passes run in the compute dtype while every variable stays
+float32.  What a rule derives its signals from is float32 whatever the
+policy: the logits are cast to float32 before the global loss (so e is
+float32), and projections, local losses, δ_l and the feedback gradients
+are computed from float32 casts of h_l.  Under mixed_float16 the forward
+optimizer is Keras' LossScaleOptimizer: S (its dynamic scale) multiplies
+what enters the 16-bit backward pass (chained rules: the loss; direct
+rules: each δ_l and e) and the optimizer divides it out; the feedback
+gradients are float32 and unscaled.  A step with any non-finite gradient
+moves nothing and halves S (`_apply_loss_scaled`).  Under float32 every
+cast is the identity and the step is the one without this paragraph.
 """
 
 from __future__ import annotations
@@ -32,12 +46,14 @@ OUTPUT_FUNCTION_OF_SCALER = {"standard": "tanh", "zero_one": "sigmoid",
 class Step:
     """What one training step computed."""
 
-    grads: list  # aligned with ProjectionModel.forward_variables
+    grads: list  # aligned with ProjectionModel.forward_variables, × S
     feedback_grads: list  # aligned with ProjectionModel.learned_feedback
-    loss: tf.Tensor
+    loss: tf.Tensor  # float32, unscaled
     target: tf.Tensor
-    z: tf.Tensor
-    hidden: list
+    z: tf.Tensor  # the logits, float32
+    hidden: list  # in the compute dtype
+    # mixed_float16: the loss scale S that `grads` carry; else None.
+    loss_scale: tf.Tensor | None = None
 
 
 def error_rate(y_true, y_pred):
@@ -52,15 +68,21 @@ class ProjectionModel(keras.Model):
                  activation="tanh", batch_norm=False, dropout=0.0,
                  bw_init="uniform", use_bias=True, scaler="zero_one", seed=0,
                  init="glorot_uniform", bn_momentum=0.99, bn_epsilon=1e-3,
-                 **kw):
+                 precision="float32", **kw):
+        # --precision is a Keras dtype policy, given to every block and
+        # layer below (not set globally: a sweep runs trials of several
+        # precisions in one process).  A saved config has it twice (the
+        # spec's precision, Keras' dtype); the precision wins.
+        kw["dtype"] = precision
         super().__init__(**kw)
+        policy = self.dtype_policy
         self.spec = dict(arch=arch, algorithm=algorithm,
                          target_dim=target_dim, problem_type=problem_type,
                          input_shape=tuple(input_shape), activation=activation,
                          batch_norm=batch_norm, dropout=dropout,
                          bw_init=bw_init, use_bias=use_bias, scaler=scaler,
                          seed=seed, init=init, bn_momentum=bn_momentum,
-                         bn_epsilon=bn_epsilon)
+                         bn_epsilon=bn_epsilon, precision=precision)
         self.rule = projection.get(algorithm)
         self.classify = problem_type == "classification"
         self.output_fn = ("softmax" if self.classify
@@ -73,17 +95,20 @@ class ProjectionModel(keras.Model):
             use_bias=use_bias, dropout=dropout,
             kernel_feedback=self.rule.kernel_feedback, bw_init=bw_init,
             seed=seed, init=init, bn_momentum=bn_momentum,
-            bn_epsilon=bn_epsilon)
-        self.dropouts = [keras.layers.Dropout(block.dropout, seed=seed + i)
+            bn_epsilon=bn_epsilon, dtype=policy)
+        self.dropouts = [keras.layers.Dropout(block.dropout, seed=seed + i,
+                                              dtype=policy)
                          if block.dropout else None
                          for i, block in enumerate(self.blocks)]
         self.output_layer = make_linear(
             "dense", target_dim, use_bias=use_bias,
             kernel_feedback=self.rule.kernel_feedback, bw_init=bw_init,
-            seed=seed * 1000 + 999, init=init)
+            seed=seed * 1000 + 999, init=init, dtype=policy)
+        # p = h B and the local losses: float32 under every policy.
         self.projections = [] if self.rule.chained else [
             self.rule(target_dim, bw_init, seed * 1000 + 500 + i,
-                      self.output_fn, name=f"projection{i + 1}")
+                      self.output_fn, name=f"projection{i + 1}",
+                      dtype="float32")
             for i in range(len(self.blocks))]
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.feedback_optimizer = None
@@ -198,7 +223,7 @@ class ProjectionModel(keras.Model):
         return projection.output_function(self.output_fn)(z)
 
     def call(self, x, training=False):
-        return self.output_function(self.forward(x, training)[1])
+        return self.output_function(logits32(self.forward(x, training)[1]))
 
     def target(self, y):
         """What the output is scored against: one-hot labels or flat x."""
@@ -215,6 +240,11 @@ class ProjectionModel(keras.Model):
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         step = self.compute_gradients(x, y)
+        self.apply_step(step)
+        return self.update_metrics(step.loss, step.target, step.z)
+
+    def apply_step(self, step: "Step"):
+        """Both optimizers apply the step's gradients."""
         # No variable moves before every gradient is computed.  The backward
         # pass of KP reads B, which the optimizer also updates, and grappler
         # drops the order between that read and the update (without XLA):
@@ -223,11 +253,47 @@ class ProjectionModel(keras.Model):
         # keep their creation inside the compiled step.)
         self.build_optimizers()
         with tf.control_dependencies([*step.grads, *step.feedback_grads]):
+            if step.loss_scale is not None:
+                self._apply_loss_scaled(step)
+                return
             self.optimizer.apply(step.grads, self.forward_variables)
             if step.feedback_grads:
                 self.feedback_optimizer.apply(step.feedback_grads,
                                               self.learned_feedback)
-        return self.update_metrics(step.loss, step.target, step.z)
+
+    def _apply_loss_scaled(self, step):
+        """mixed_float16: LossScaleOptimizer divides S out of the forward
+        gradients and applies them (doubling S after its growth steps of
+        finite gradients), and the feedback optimizer applies its float32
+        gradients, only if every gradient of both is finite; otherwise
+        neither moves anything (nor KP's B, a forward variable) and S
+        halves with its growth count reset, as LossScaleOptimizer does
+        alone (its own check then sees finite gradients)."""
+        scaler = self.optimizer
+        finite = scaler.check_finite([*step.grads, *step.feedback_grads])
+
+        def apply():
+            scaler.apply(step.grads, self.forward_variables)
+            if step.feedback_grads:
+                self.feedback_optimizer.apply(step.feedback_grads,
+                                              self.learned_feedback)
+
+        def skip():
+            scaler.step_counter.assign(0)
+            scaler.dynamic_scale.assign(scaler.dynamic_scale * 0.5)
+
+        keras.ops.cond(finite, apply, skip)
+
+    def loss_scale(self):
+        """S, the dynamic loss scale of a LossScaleOptimizer (compiled
+        under mixed_float16), read as a tensor; None for any other
+        optimizer.  The optimizer is built first, so that a compiled step
+        reads its variable, not its initial value."""
+        if not isinstance(getattr(self, "optimizer", None),
+                          keras.optimizers.LossScaleOptimizer):
+            return None
+        self.build_optimizers()
+        return tf.convert_to_tensor(self.optimizer.dynamic_scale)
 
     def compute_gradients(self, x, y, training=True) -> "Step":
         """One forward pass and the rule's gradients, applied by nobody.
@@ -235,6 +301,7 @@ class ProjectionModel(keras.Model):
         Direct rules read the tape once per block (and once for e), so only
         they need it persistent."""
         target = self.target(y)
+        scale = self.loss_scale()
         probe = self.rule.tangent_probe(self.seed_generator)
         block_tapes = None if self.rule.chained else []
         with (probe or contextlib.nullcontext()), \
@@ -242,20 +309,24 @@ class ProjectionModel(keras.Model):
                                 or self.diagnostics is not None) as tape:
             hidden, z = self.forward(x, training=training, probe=probe,
                                      block_tapes=block_tapes)
+            z = logits32(z)
             loss = self.global_loss(target, z)
         grads, feedback_grads = self.rule_gradients(
-            tape, loss, hidden, z, target, probe, block_tapes)
-        step = Step(grads, feedback_grads, loss, target, z, hidden)
+            tape, loss, hidden, z, target, probe, block_tapes, scale)
+        step = Step(grads, feedback_grads, loss, target, z, hidden, scale)
         if self.diagnostics is not None:  # trackers.py (before any update)
             self.diagnostics.observe(self, tape, step)
         return step
 
     def rule_gradients(self, tape, loss, hidden, z, target, probe=None,
-                       block_tapes=None):
-        """Gradients for `forward_variables` and for `learned_feedback`."""
-        if self.rule.chained:
-            return tape.gradient(loss, self.forward_variables), []
-        error = tape.gradient(loss, z)
+                       block_tapes=None, scale=None):
+        """Gradients for `forward_variables` (× `scale` S, when given:
+        what enters the backward pass is scaled) and for
+        `learned_feedback` (float32, never scaled)."""
+        if self.rule.chained:  # ∂(S·L)/∂W
+            return tape.gradient(loss, self.forward_variables,
+                                 output_gradients=scale), []
+        error = tape.gradient(loss, z)  # e, float32 (z is)
         tangents = (probe.tangents(z) if probe is not None
                     else [None] * len(hidden))
         grads, feedback_grads = [], []
@@ -263,17 +334,20 @@ class ProjectionModel(keras.Model):
                 self.blocks, self.projections, hidden, tangents)):
             signal, _, feedback_grad = proj.teach(h, error, target, tangent)
             grads += (block_tapes[index] if block_tapes else tape).gradient(
-                h, block.trainable_variables, output_gradients=signal)
+                h, block.trainable_variables,
+                output_gradients=injected(signal, h.dtype, scale))
             if feedback_grad is not None:
                 feedback_grads.append(feedback_grad)
         grads += tape.gradient(z, self.output_layer.trainable_variables,
-                               output_gradients=error)
+                               output_gradients=injected(error, z.dtype,
+                                                         scale))
         return grads, feedback_grads
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         target = self.target(y)
         hidden, z = self.forward(x, training=False)
+        z = logits32(z)
         logs = self.update_metrics(self.global_loss(target, z), target, z)
         if self.diagnostics is not None:  # trackers.py: local losses
             logs = self.diagnostics.observe_test(self, hidden, z, target,
@@ -287,3 +361,19 @@ class ProjectionModel(keras.Model):
         for metric in self.extra_metrics:
             metric.update_state(target, y_pred)
         return {m.name: m.result() for m in self.metrics}
+
+
+def logits32(z):
+    """The logits in float32, where every loss is computed (the identity
+    under float32)."""
+    return tf.cast(z, tf.float32)
+
+
+def injected(signal, dtype, scale=None):
+    """A float32 teaching signal (δ_l or e) as it enters the backward pass
+    of a tensor of `dtype`: × S under loss scaling, then cast (both no-ops
+    under float32).  Scaling before the cast keeps small float16 signals
+    from flushing to zero."""
+    if scale is not None:
+        signal = signal * scale
+    return tf.cast(signal, dtype)

@@ -100,7 +100,10 @@ class Projection(keras.layers.Layer):
         raise NotImplementedError
 
     def teach(self, h, error, target, tangents=None):
-        """(δ_l = ∂ℓ_l/∂h_l, ℓ_l, gradient for B_l or None)."""
+        """(δ_l = ∂ℓ_l/∂h_l, ℓ_l, gradient for B_l or None), all float32:
+        under a mixed precision h_l is cast up before it is projected
+        (the identity under float32)."""
+        h = tf.cast(h, tf.float32)
         with tf.GradientTape(persistent=self.learns_feedback) as tape:
             tape.watch(h)
             if self.learns_feedback:
@@ -215,7 +218,7 @@ class ForwardDirectFeedbackAlignment(DirectFeedbackAlignment):
     def feedback_gradient(self, tape, loss, h, tangents):
         direction, output_tangent = tangents
         n = tf.shape(h)[0]
-        u = tf.reshape(direction, (n, -1))
+        u = tf.cast(tf.reshape(direction, (n, -1)), tf.float32)
         estimate = tf.matmul(u, output_tangent, transpose_a=True)
         return self.feedback - estimate / tf.cast(n, u.dtype)
 
@@ -300,11 +303,13 @@ class TangentProbe:
         return self._tape.__exit__(*exc)
 
     def perturb(self, h):
-        """Draws u_l for hidden output h_l (returned unchanged)."""
+        """Draws u_l for hidden output h_l (returned unchanged), in h_l's
+        dtype: under a mixed precision d is a product through the network
+        in 16 bits, and ĝ_l pairs it with the u_l that entered it."""
         self._tape.watch(h)
         self.hidden.append(h)
-        self.directions.append(standard_normal(tf.shape(h),
-                                               self.seed_generator))
+        self.directions.append(tf.cast(standard_normal(
+            tf.shape(h), self.seed_generator), h.dtype))
         return h
 
     def tangents(self, z):

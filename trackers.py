@@ -92,8 +92,10 @@ def block_names(model) -> list[str]:
 
 
 def cosine(a, b):
-    """cos(vec a, vec b); 0 when either is 0."""
-    a, b = tf.reshape(a, [-1]), tf.reshape(b, [-1])
+    """cos(vec a, vec b) in float32 (a mixed precision's gradients at h_l
+    are 16-bit); 0 when either is 0."""
+    a = tf.reshape(tf.cast(a, tf.float32), [-1])
+    b = tf.reshape(tf.cast(b, tf.float32), [-1])
     return tf.math.divide_no_nan(tf.reduce_sum(a * b),
                                  tf.norm(a) * tf.norm(b))
 
@@ -193,11 +195,15 @@ class Trackers:
         by_id = {id(v): g for v, g in zip(model.forward_variables,
                                           step.grads)}
         updates = [by_id[id(k)] for k in kernels]
+        if step.loss_scale is not None:  # mixed_float16: S taken out
+            updates = [g / step.loss_scale for g in updates]
         values = {}
         need_bp = {"bp_cosine", "signal_cosine"} & set(self.names)
         if need_bp:
+            # Scaled as the step's gradients are (cosines do not see S).
             with layers_lib.true_gradient():  # fa/kp: back through W
-                true = tape.gradient(step.loss, [*kernels, *step.hidden])
+                true = tape.gradient(step.loss, [*kernels, *step.hidden],
+                                     output_gradients=step.loss_scale)
             true_w, true_h = true[:len(kernels)], true[len(kernels):]
         if "bp_cosine" in self.names:
             for name, g, t in zip(names, updates, true_w):
@@ -225,10 +231,12 @@ class Trackers:
         """(δ_l per hidden block, ℓ_l per block or []) as the rule made
         them: chained rules' error at h_l, direct rules' ∂ℓ_l/∂h_l."""
         if model.rule.chained:
-            return tape.gradient(step.loss, step.hidden), []
+            return tape.gradient(step.loss, step.hidden,
+                                 output_gradients=step.loss_scale), []
         error = tape.gradient(step.loss, step.z)
         signals, losses = [], []
         for proj, h in zip(model.projections, step.hidden):
+            h = tf.cast(h, tf.float32)  # as Projection.teach
             with tf.GradientTape() as local:
                 local.watch(h)
                 loss = proj.local_loss(proj(h), error, step.target)
@@ -331,7 +339,8 @@ class TensorBoard(keras.callbacks.TensorBoard):
         hidden, _ = self.model.forward(self._sample_x, training=False)
         with self._tracker_writers["train"].as_default():
             for name, h in zip(block_names(self.model), hidden):
-                tf.summary.histogram(f"activations/{name}", h, step=epoch)
+                tf.summary.histogram(f"activations/{name}",
+                                     tf.cast(h, tf.float32), step=epoch)
 
     def on_test_end(self, logs=None):
         # Keras would log validation trackers again, as

@@ -46,7 +46,7 @@ def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
         dropout=hp["dropout"], bw_init=hp["bw_init"],
         use_bias=hp["use_bias"], scaler=hp["scaler"], seed=hp["seed"],
         init=hp["init"], bn_momentum=hp["bn_momentum"],
-        bn_epsilon=hp["bn_epsilon"])
+        bn_epsilon=hp["bn_epsilon"], precision=hp["precision"])
     model.build()
     schedules = learning_rates(hp, steps_per_epoch)
     feedback_optimizer = None
@@ -54,6 +54,8 @@ def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
         feedback_optimizer = optimizers.make(
             hp["fb_optimizer"], schedules["fb_lr"], hp["fb_weight_decay"],
             hp["momentum"], hp["adam_epsilon"])
+    # Under mixed_float16 Keras' compile wraps the optimizer in a
+    # LossScaleOptimizer (dynamic loss scaling, model.py).
     model.compile(
         optimizer=optimizers.make(hp["optimizer"], schedules["lr"],
                                   hp["weight_decay"], hp["momentum"],
