@@ -5,7 +5,8 @@
 #
 # prints
 #   1. the devices TensorFlow sees;
-#   2. benchmarks/speed.py on the wide MLP and on the CNN, every rule, in
+#   2. benchmarks/speed.py on the wide MLP and on a CNN (resnet20; the smoke
+#      version: 16C5-P2-64), every rule, in
 #      float32 and in mixed precision (mixed_float16 on a GPU,
 #      mixed_bfloat16 on a CPU), as ratios to BP with samples/s (mixed
 #      precision once hparams.py has a `precision` field; before, a line
@@ -69,19 +70,21 @@ for device in devices:
 print(f"gpus={sum(d.device_type == 'GPU' for d in devices)}")
 EOF
 )"
-grep -v '^gpus=' <<<"$devices"
+grep -v -E "^gpus=|$noise" <<<"$devices"
 gpus="$(grep '^gpus=' <<<"$devices" | cut -d= -f2)"
 if [[ "$gpus" =~ ^[0-9]+$ ]] && (( gpus > 0 )); then
   echo "  $gpus GPU(s): the full check"
   smoke=0
-  rules="all"; speed_args=(--repeats=5); precisions=(float32 mixed_float16)
+  rules="all"; speed_args=(--archs=1000-1000-1000,resnet20 --repeats=5)
+  precisions=(float32 mixed_float16)
   epoch_args=(); workers="$gpus"
   sweep_args=(--dataset=mnist "--data_dir=$data_dir" --arch=256-256)
 else
   gpus=0
   echo "  no GPU: running the SMOKE version (the machinery, not the speed)"
   smoke=1
-  rules="bp,dfa"; speed_args=(--steps=8 --repeats=2)
+  rules="bp,dfa"; speed_args=(--archs=1000-1000-1000,16C5-P2-64 --steps=8
+    --repeats=2)
   precisions=(float32 mixed_bfloat16); epoch_args=(--examples_frac=0.05)
   workers=2
   sweep_args=(--dataset=digits --arch=16 --use_xla=false)
