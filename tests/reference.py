@@ -10,6 +10,22 @@ from __future__ import annotations
 import numpy as np
 
 
+def assert_close(actual, expected, what):
+    """A float32 step against its float64 reference: the tolerance of every
+    one-step test."""
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=2e-4,
+                               atol=2e-6, err_msg=what)
+
+
+def random_batch(shape, classes, n=6, seed=1):
+    """A seeded batch for one-step tests: inputs N(0, 1) of `shape` per
+    example, one-hot labels over `classes` (float32 numpy arrays)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, *shape)).astype("float32")
+    y = np.eye(classes, dtype="float32")[rng.integers(0, classes, n)]
+    return x, y
+
+
 # --- Layer math ---------------------------------------------------------------
 
 

@@ -41,10 +41,7 @@ def make_model(rule, arch, shape, seed=0):
 
 
 def batch(shape, n=6, seed=1):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, *shape)).astype("float32")
-    y = np.eye(CLASSES, dtype="float32")[rng.integers(0, CLASSES, n)]
-    return x, y
+    return reference.random_batch(shape, CLASSES, n, seed)
 
 
 def f64(v):
@@ -112,11 +109,6 @@ class Mirror:
         return op.grads[name]
 
 
-def assert_close(actual, expected, what):
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=2e-4,
-                               atol=2e-6, err_msg=what)
-
-
 @pytest.mark.parametrize("kind", ARCHS)
 @pytest.mark.parametrize("rule", ALGORITHMS)
 def test_one_step_through_every_op_matches_hand_computed(rule, kind):
@@ -135,10 +127,10 @@ def test_one_step_through_every_op_matches_hand_computed(rule, kind):
             [f64(p.feedback) for p in model.projections])
         if rule == "dkp":  # ∂ℓ_l/∂B_l = h_lᵀ e
             for got, want in zip(step.feedback_grads, feedback):
-                assert_close(got, want, "dkp feedback gradient")
+                reference.assert_close(got, want, "dkp feedback gradient")
     assert len(step.grads) == len(mirror.where)
     for variable, grad in zip(model.forward_variables, step.grads):
-        assert_close(grad, mirror.expected(variable),
+        reference.assert_close(grad, mirror.expected(variable),
                      f"{rule} {kind} {variable.path}")
 
 

@@ -22,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 import hparams
+import reference
 import train
 from hparams import ALGORITHMS
 
@@ -60,9 +61,7 @@ def build(rule, kind, precision, **kw):
 
 
 def batch(kind, n=6, seed=1):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, *ARCHS[kind][1])).astype("float32")
-    y = np.eye(CLASSES, dtype="float32")[rng.integers(0, CLASSES, n)]
+    x, y = reference.random_batch(ARCHS[kind][1], CLASSES, n, seed)
     return tf.constant(x), tf.constant(y)
 
 

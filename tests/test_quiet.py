@@ -6,7 +6,6 @@ it ended) before the final table; trackers stay off Keras' epoch line;
 import os
 import re
 import subprocess
-import sys
 
 import pandas as pd
 import pytest

@@ -32,10 +32,7 @@ def make_model(rule, arch="5-4", input_shape=(2, 3, 1), seed=0,
 
 
 def batch(input_shape, n=6, seed=1):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, *input_shape)).astype("float32")
-    y = np.eye(CLASSES, dtype="float32")[rng.integers(0, CLASSES, n)]
-    return x, y
+    return reference.random_batch(input_shape, CLASSES, n, seed)
 
 
 def as_reference(model):
@@ -81,11 +78,6 @@ def expected_grads(rule, model, x, y):
     return reference.direct_grads(net, x.astype(np.float64), y, rule, b)
 
 
-def assert_close(actual, expected, what):
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=2e-4,
-                               atol=2e-6, err_msg=what)
-
-
 @pytest.mark.parametrize("kind", ARCHS)
 @pytest.mark.parametrize("rule", ALGORITHMS)
 def test_one_step_gradients_match_hand_computed(rule, kind):
@@ -101,13 +93,14 @@ def test_one_step_gradients_match_hand_computed(rule, kind):
     actual = grads_by_layer(model, step.grads)
     for key, (dw, db) in ((k, v) for k, v in expected.items()
                           if k != "feedback"):
-        assert_close(actual[key]["W"], dw, f"{rule} {kind} layer {key} W")
-        assert_close(actual[key]["b"], db, f"{rule} {kind} layer {key} b")
+        what = f"{rule} {kind} layer {key}"
+        reference.assert_close(actual[key]["W"], dw, f"{what} W")
+        reference.assert_close(actual[key]["b"], db, f"{what} b")
         if rule == "kp":  # B gets exactly W's gradient
-            assert_close(actual[key]["B"], dw, f"kp layer {key} B")
+            reference.assert_close(actual[key]["B"], dw, f"kp layer {key} B")
     if rule == "dkp":  # ∂ℓ_l/∂B_l = h_lᵀ e
         for got, want in zip(step.feedback_grads, expected["feedback"]):
-            assert_close(got, want, "dkp feedback gradient")
+            reference.assert_close(got, want, "dkp feedback gradient")
 
 
 def test_every_rule_is_registered_and_documented():
