@@ -133,16 +133,20 @@ def load(hp) -> Data:
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     size = hp.get("image_size") or 0
 
-    def resized(ds):
-        if size:  # per batch: a whole resized split may not fit in memory
-            ds = ds.map(lambda x, t: (tf.image.resize(
-                x, (size, size), antialias=True), t),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
-        return without_autotune(ds.prefetch(AUTOTUNE))
+    def resized(ds):  # (ds: batched and prefetched already)
+        if not size:
+            return ds
+        # Per batch: a whole resized split may not fit in memory.
+        return without_autotune(ds.map(
+            lambda x, t: (tf.image.resize(x, (size, size), antialias=True),
+                          t),
+            num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(
+                AUTOTUNE))
 
     def pipeline(x, target):
         ds = tf.data.Dataset.from_tensor_slices((x, target))
-        return resized(ds.batch(hp["batch_size"]))
+        return resized(without_autotune(
+            ds.batch(hp["batch_size"]).prefetch(AUTOTUNE)))
     x_tr = arrays.x_train
     return Data(
         train=resized(shuffled_batches(
