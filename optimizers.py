@@ -137,7 +137,9 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
                                     (CosineAnnealingLR to 0 over the run)
 
     Evaluated at the optimizer's step count (e = step // steps_per_epoch),
-    which a resumed run restores, so it resumes on the same value."""
+    which a resumed run restores, so it resumes on the same value.  `lr` is
+    read from a variable, not baked into the traced step, so that a trial
+    of another learning rate reuses the compiled step (step_cache.py)."""
 
     def __init__(self, lr, steps_per_epoch, kind="constant", epochs=1,
                  warmup_epochs=0, decay=1.0, decay_epochs=1):
@@ -146,6 +148,7 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
                              f"(valid: {', '.join(LR_SCHEDULES)})")
         self.lr, self.steps_per_epoch = float(lr), max(int(steps_per_epoch),
                                                        1)
+        self.base = tf.Variable(self.lr, dtype=tf.float32, trainable=False)
         self.kind, self.epochs = kind, int(epochs)
         self.warmup_epochs, self.decay = int(warmup_epochs), float(decay)
         self.decay_epochs = max(int(decay_epochs), 1)
@@ -163,7 +166,12 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         else:
             factor = tf.ones(())
         ramp = (epoch + 1.0) / (warmup + 1.0)
-        return self.lr * tf.where(epoch < warmup, ramp, factor)
+        return self.base * tf.where(epoch < warmup, ramp, factor)
+
+    def set_lr(self, lr: float) -> None:
+        """Another base rate, for the steps already traced."""
+        self.lr = float(lr)
+        self.base.assign(self.lr)
 
     def epoch_lr(self, epoch: int) -> float:
         """The learning rate of `epoch` (for logs and tests)."""

@@ -13,3 +13,17 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 if "BPFREE_XLA_CACHE" not in os.environ:
     import tempfile
     os.environ["BPFREE_XLA_CACHE"] = tempfile.mkdtemp(prefix="bpfree-xla-")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_steps_kept_from_another_test():
+    """Each test starts with no compiled steps kept (step_cache.py): a test
+    that patches the model's code must trace it, whatever ran before in
+    this process."""
+    import step_cache
+    step_cache.clear()
+    yield
+    step_cache.clear()
