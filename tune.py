@@ -90,18 +90,69 @@ def make_oracle(sweep: Sweep):
 
     class GridOracle(keras_tuner.Oracle):
         """Walks the sweep's persisted grid, skipping configurations already
-        tried (matched by their values, so a rerun never repeats one)."""
+        tried (matched by their values, so a rerun never repeats one).
+        With several workers asking, each is handed trials of the graph it
+        ran last (`next_config`)."""
+
+        def create_trial(self, tuner_id):
+            self._asking = tuner_id
+            return super().create_trial(tuner_id)
 
         def populate_space(self, trial_id):
-            for config in sweep.configs:
-                if self._compute_values_hash(config) not in \
-                        self._tried_so_far:
-                    return {"status": "RUNNING", "values": dict(config)}
-            return {"status": "STOPPED"}
+            pending = [c for c in sweep.configs
+                       if self._compute_values_hash(c) not in
+                       self._tried_so_far]
+            if not pending:
+                return {"status": "STOPPED"}
+            asking = getattr(self, "_asking", None)
+            last = self.__dict__.setdefault("_last_graph", {})
+            config = pending[0]  # a serial sweep: the grid's order
+            if len(self.tuner_ids) > 1:
+                config = next_config(pending, last.get(asking), [
+                    g for tuner, g in last.items()
+                    if tuner != asking and tuner in self.tuner_ids])
+                if config is None:  # ask again soon (keras-tuner's IDLE)
+                    time.sleep(IDLE_SECONDS)
+                    return {"status": "IDLE"}
+            last[asking] = graph_of(config)
+            return {"status": "RUNNING", "values": dict(config)}
 
     n = len(sweep.configs)
     return GridOracle(objective=keras_tuner.Objective(sweep.objective, "min"),
                       max_trials=n, max_consecutive_failed_trials=n + 1)
+
+
+def graph_of(config) -> str:
+    """The values that decide a trial's traced graph (step_cache.py)."""
+    import step_cache
+    return json.dumps({k: v for k, v in config.items()
+                       if k not in step_cache.IN_VARIABLES},
+                      sort_keys=True, default=str)
+
+
+IDLE_SECONDS = 0.2
+WAIT_FOR_AT_MOST = 2  # trials of a graph another worker is running
+
+
+def next_config(pending, mine, others):
+    """What a worker runs next, from the pending configurations in grid
+    order: one of the graph it ran last (`mine`), whose compiled steps it
+    reuses; else the first of a graph no other worker holds (`others`: the
+    graphs the other workers still in the sweep ran last); else None
+    (wait) when what is left is a few trials of graphs other workers hold:
+    they run them for a fraction of what tracing them here would cost;
+    else the first."""
+    graphs = [graph_of(c) for c in pending]
+    for wanted in ([mine] if mine is not None else []):
+        if wanted in graphs:
+            return pending[graphs.index(wanted)]
+    for config, graph in zip(pending, graphs):
+        if graph not in others:
+            return config
+    if all(g in others for g in graphs) and all(
+            graphs.count(g) <= WAIT_FOR_AT_MOST for g in set(graphs)):
+        return None
+    return pending[0]
 
 
 def make_tuner(hypermodel, oracle, sweep: Sweep, verbose=2,

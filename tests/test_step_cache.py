@@ -72,7 +72,7 @@ def assert_same(fresh, reused):
 
 
 # Without XLA: what is copied does not depend on it, and tracing is
-# cheaper (the last tests run compiled).
+# cheaper (the resumed-trial test runs compiled).
 BASE = dict(dataset="digits", arch="12-10", epochs=1, batch_size=50,
             dropout=0.1, batch_norm=True, objective="loss", use_xla=False)
 
@@ -87,7 +87,7 @@ def test_reused_steps_give_a_fresh_models_results(tmp_path, monkeypatch,
 
 def test_reuse_under_mixed_float16_keeps_the_loss_scale_fresh(
         tmp_path, monkeypatch):
-    compare(tmp_path, dict(BASE, algorithm="dfa", use_xla=True,
+    compare(tmp_path, dict(BASE, algorithm="dfa",
                            precision="mixed_float16"), monkeypatch)
 
 

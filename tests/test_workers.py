@@ -173,3 +173,39 @@ def test_sigterm_to_the_sweep_stops_every_worker(tmp_path):
     assert "launcher: stopped by TERM, with its workers; rerun the same " \
         "command to continue" in err
     assert [s for s in processes(run.pid).values() if s != "Z"] == []
+
+
+def test_each_worker_is_handed_the_trials_of_the_graph_it_ran_last():
+    """Two workers asking in turn over a grid whose learning rate is the
+    outer dimension: each runs both rates of a graph, one after the other
+    (its compiled steps are reused, step_cache.py); every configuration
+    once."""
+    grid = [dict(lr=lr, algorithm=a, batch_norm=b) for lr in (1e-3, 1e-2)
+            for a in ("bp", "dfa") for b in (False, True)]
+    pending, last, ran = list(grid), {}, {"w0": [], "w1": []}
+    while pending:
+        for worker in ("w0", "w1"):
+            if not pending:
+                break
+            config = tune.next_config(pending, last.get(worker), [
+                g for w, g in last.items() if w != worker])
+            pending.remove(config)
+            last[worker] = tune.graph_of(config)
+            ran[worker].append(config)
+    assert sorted(map(str, ran["w0"] + ran["w1"])) == sorted(map(str, grid))
+    for configs in ran.values():
+        graphs = [tune.graph_of(c) for c in configs]
+        assert graphs[0::2] == graphs[1::2]  # pairs of one graph
+        assert [c["lr"] for c in configs] == [1e-3, 1e-2] * 2
+    assert ran["w0"][0] == grid[0]  # the first worker starts the grid
+
+
+def test_a_worker_waits_for_the_last_trials_of_a_graph_another_holds():
+    """The last trial of a graph another worker ran last waits for that
+    worker (a reused step) rather than being traced again; many do not."""
+    one = dict(lr=1e-2, algorithm="dfa")
+    held = tune.graph_of(one)
+    assert tune.next_config([one], "my graph", [held]) is None
+    many = [dict(one, seed=s) for s in range(3)]
+    assert tune.next_config(many, "my graph", [held]) == many[0]
+    assert tune.next_config([one], "my graph", []) == one  # nobody holds it
