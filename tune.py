@@ -108,12 +108,16 @@ def make_oracle(sweep: Sweep):
             last = self.__dict__.setdefault("_last_graph", {})
             config = pending[0]  # a serial sweep: the grid's order
             if len(self.tuner_ids) > 1:
+                waiting = self.__dict__.setdefault("_waiting_since", {})
+                since = waiting.setdefault(asking, time.monotonic())
                 config = next_config(pending, last.get(asking), [
                     g for tuner, g in last.items()
-                    if tuner != asking and tuner in self.tuner_ids])
+                    if tuner != asking and tuner in self.tuner_ids],
+                    may_wait=time.monotonic() - since < MAX_WAIT_SECONDS)
                 if config is None:  # ask again soon (keras-tuner's IDLE)
                     time.sleep(IDLE_SECONDS)
                     return {"status": "IDLE"}
+                del waiting[asking]
             last[asking] = graph_of(config)
             return {"status": "RUNNING", "values": dict(config)}
 
@@ -131,16 +135,20 @@ def graph_of(config) -> str:
 
 
 IDLE_SECONDS = 0.2
-WAIT_FOR_AT_MOST = 2  # trials of a graph another worker is running
+WAIT_FOR_AT_MOST = 2  # trials of a graph another worker holds
+# A worker waits no longer than this for another (which may have died, in
+# the manual chief/worker mode) before it runs that worker's graph itself.
+MAX_WAIT_SECONDS = 30.0
 
 
-def next_config(pending, mine, others):
+def next_config(pending, mine, others, may_wait=True):
     """What a worker runs next, from the pending configurations in grid
     order: one of the graph it ran last (`mine`), whose compiled steps it
     reuses; else the first of a graph no other worker holds (`others`: the
     graphs the other workers still in the sweep ran last); else None
     (wait) when what is left is a few trials of graphs other workers hold:
-    they run them for a fraction of what tracing them here would cost;
+    they run them for a fraction of what tracing them here would cost
+    (unless `may_wait` is false: this worker has waited long enough);
     else the first."""
     graphs = [graph_of(c) for c in pending]
     for wanted in ([mine] if mine is not None else []):
@@ -149,7 +157,7 @@ def next_config(pending, mine, others):
     for config, graph in zip(pending, graphs):
         if graph not in others:
             return config
-    if all(g in others for g in graphs) and all(
+    if may_wait and all(g in others for g in graphs) and all(
             graphs.count(g) <= WAIT_FOR_AT_MOST for g in set(graphs)):
         return None
     return pending[0]

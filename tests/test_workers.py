@@ -209,3 +209,5 @@ def test_a_worker_waits_for_the_last_trials_of_a_graph_another_holds():
     many = [dict(one, seed=s) for s in range(3)]
     assert tune.next_config(many, "my graph", [held]) == many[0]
     assert tune.next_config([one], "my graph", []) == one  # nobody holds it
+    assert tune.next_config([one], "my graph", [held],
+                            may_wait=False) == one  # waited long enough
