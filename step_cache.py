@@ -32,16 +32,23 @@ IN_VARIABLES = ("seed", "lr", "fb_lr")
 _kept: collections.OrderedDict = collections.OrderedDict()
 
 
+def graph_of(values) -> str:
+    """The settings of a trial that decide its traced graph (all but those
+    held in variables), as one string."""
+    return json.dumps({k: v for k, v in dict(values).items()
+                       if k not in IN_VARIABLES}, sort_keys=True, default=str)
+
+
 def key(hp, data) -> str | None:
-    """What decides the traced graph of a trial; None: never reused."""
+    """What decides the traced graph of a trial, its data's shapes
+    included; None: never reused."""
     if os.environ.get(ENV, "on").lower() in ("off", "0", "false", "no"):
         return None
     if hp.get("tracker"):
         return None
-    fields = {k: v for k, v in dict(hp).items() if k not in IN_VARIABLES}
-    return json.dumps([fields, list(data.input_shape), data.target_dim,
-                       data.steps_per_epoch, str(data.train.element_spec)],
-                      sort_keys=True, default=str)
+    return json.dumps([graph_of(hp), list(data.input_shape),
+                       data.target_dim, data.steps_per_epoch,
+                       str(data.train.element_spec)], default=str)
 
 
 def keep(graph_key, model) -> None:

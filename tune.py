@@ -58,6 +58,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import faults  # noqa: E402
 import space as space_lib  # noqa: E402
+import step_cache  # noqa: E402
 from errors import StorageError, UsageError, storage_error  # noqa: E402
 # (what other modules and the tests read from here)
 from sweep_plan import (SWEEP_FILE, Sweep, check_records,  # noqa: E402,F401
@@ -94,6 +95,12 @@ def make_oracle(sweep: Sweep):
         With several workers asking, each is handed trials of the graph it
         ran last (`next_config`)."""
 
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self._asking = None  # the worker whose request is served
+            self._last_graph = {}  # worker: the graph of its last trial
+            self._waiting_since = {}  # worker: when it was first told IDLE
+
         def create_trial(self, tuner_id):
             self._asking = tuner_id
             return super().create_trial(tuner_id)
@@ -104,12 +111,11 @@ def make_oracle(sweep: Sweep):
                        self._tried_so_far]
             if not pending:
                 return {"status": "STOPPED"}
-            asking = getattr(self, "_asking", None)
-            last = self.__dict__.setdefault("_last_graph", {})
+            asking, last = self._asking, self._last_graph
             config = pending[0]  # a serial sweep: the grid's order
             if len(self.tuner_ids) > 1:
-                waiting = self.__dict__.setdefault("_waiting_since", {})
-                since = waiting.setdefault(asking, time.monotonic())
+                since = self._waiting_since.setdefault(asking,
+                                                       time.monotonic())
                 config = next_config(pending, last.get(asking), [
                     g for tuner, g in last.items()
                     if tuner != asking and tuner in self.tuner_ids],
@@ -117,21 +123,13 @@ def make_oracle(sweep: Sweep):
                 if config is None:  # ask again soon (keras-tuner's IDLE)
                     time.sleep(IDLE_SECONDS)
                     return {"status": "IDLE"}
-                del waiting[asking]
-            last[asking] = graph_of(config)
+                del self._waiting_since[asking]
+            last[asking] = step_cache.graph_of(config)
             return {"status": "RUNNING", "values": dict(config)}
 
     n = len(sweep.configs)
     return GridOracle(objective=keras_tuner.Objective(sweep.objective, "min"),
                       max_trials=n, max_consecutive_failed_trials=n + 1)
-
-
-def graph_of(config) -> str:
-    """The values that decide a trial's traced graph (step_cache.py)."""
-    import step_cache
-    return json.dumps({k: v for k, v in config.items()
-                       if k not in step_cache.IN_VARIABLES},
-                      sort_keys=True, default=str)
 
 
 IDLE_SECONDS = 0.2
@@ -150,15 +148,15 @@ def next_config(pending, mine, others, may_wait=True):
     they run them for a fraction of what tracing them here would cost
     (unless `may_wait` is false: this worker has waited long enough);
     else the first."""
-    graphs = [graph_of(c) for c in pending]
-    for wanted in ([mine] if mine is not None else []):
-        if wanted in graphs:
-            return pending[graphs.index(wanted)]
+    graphs = [step_cache.graph_of(c) for c in pending]
+    if mine in graphs:
+        return pending[graphs.index(mine)]
     for config, graph in zip(pending, graphs):
         if graph not in others:
             return config
-    if may_wait and all(g in others for g in graphs) and all(
-            graphs.count(g) <= WAIT_FOR_AT_MOST for g in set(graphs)):
+    # Every graph left is held by another worker.
+    if may_wait and all(graphs.count(g) <= WAIT_FOR_AT_MOST
+                        for g in set(graphs)):
         return None
     return pending[0]
 

@@ -15,6 +15,7 @@ import pytest
 
 import cli
 import resume
+import step_cache
 import tune
 from conftest import ROOT
 
@@ -190,11 +191,11 @@ def test_each_worker_is_handed_the_trials_of_the_graph_it_ran_last():
             config = tune.next_config(pending, last.get(worker), [
                 g for w, g in last.items() if w != worker])
             pending.remove(config)
-            last[worker] = tune.graph_of(config)
+            last[worker] = step_cache.graph_of(config)
             ran[worker].append(config)
     assert sorted(map(str, ran["w0"] + ran["w1"])) == sorted(map(str, grid))
     for configs in ran.values():
-        graphs = [tune.graph_of(c) for c in configs]
+        graphs = [step_cache.graph_of(c) for c in configs]
         assert graphs[0::2] == graphs[1::2]  # pairs of one graph
         assert [c["lr"] for c in configs] == [1e-3, 1e-2] * 2
     assert ran["w0"][0] == grid[0]  # the first worker starts the grid
@@ -204,7 +205,7 @@ def test_a_worker_waits_for_the_last_trials_of_a_graph_another_holds():
     """The last trial of a graph another worker ran last waits for that
     worker (a reused step) rather than being traced again; many do not."""
     one = dict(lr=1e-2, algorithm="dfa")
-    held = tune.graph_of(one)
+    held = step_cache.graph_of(one)
     assert tune.next_config([one], "my graph", [held]) is None
     many = [dict(one, seed=s) for s in range(3)]
     assert tune.next_config(many, "my graph", [held]) == many[0]
