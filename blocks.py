@@ -167,7 +167,7 @@ class Block(keras.layers.Layer):
 
     def __init__(self, spec, activation="tanh", kernel_feedback=None,
                  bw_init="uniform", seed=0, init="glorot_uniform",
-                 bn_momentum=0.99, bn_epsilon=1e-3, **kw):
+                 bn_momentum=0.9, bn_epsilon=1e-3, **kw):
         super().__init__(**kw)
         self.spec = spec_from_config(spec)
         self.settings = dict(activation=activation,

@@ -1,20 +1,23 @@
-"""TensorBoard's HParams dashboard: one session per run or trial, linked to
-its per-epoch curves.
+"""TensorBoard's HParams dashboard: one session per run, linked to its
+per-epoch curves.
 
 A *session* is a folder holding the session's hyperparameters (written when
 it starts) and its status (written when it ends).  Its metrics are the
 per-epoch curves in its subfolders `train/` and `validation/`, with the tags
-Keras' TensorBoard callback gives them (`epoch_loss`, `epoch_accuracy`, ...);
-the dashboard's "Show Metrics" draws them, and its table shows their last
+Keras' TensorBoard callback gives them (`epoch_loss`, `epoch_accuracy`, ...),
+at steps 1, 2, ... (the epochs, counted from 1: trackers.TensorBoard); the
+dashboard's "Show Metrics" draws them, and its table shows their last
 value.  No final value is written as a scalar of its own: it would be a
 one-point card in the Scalars tab.
 
 - A single run's session is its `tensorboard/` folder, where Keras writes
   the curves as it trains.
-- A sweep's trial is the session `trials/<trial>/<rule,searched values>/`
-  (so run names say what was run); its curves, written when the trial
-  ends, are the per-epoch means over the trial's executions (each
-  execution's own logs stay in `exec<k>/tensorboard/`).
+- In a sweep each execution is a session of its own, written as it trains
+  at `trials/<trial>/<rule,searched values>/exec<k>/` (so run names say
+  what was run): one TensorBoard run per execution, no curve written
+  twice.  Its *group* is the trial, so the HParams table shows one row
+  per trial, whose metrics are the mean over its executions (the
+  dashboard averages a group's sessions).
 - The sweep's *experiment*, at `trials/`, says which hyperparameters (the
   searched fields and the main ones, not all thirty) and which metrics, as
   (group, tag) pairs, the dashboard shows as columns.
@@ -31,6 +34,8 @@ from tensorboard.plugins.hparams import api as hp_api
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hp_summary
 
+from hparams import value_text
+
 ALWAYS_SHOWN = ("dataset", "algorithm", "arch", "lr")
 # (group, tag, display name): the metrics of a session, its curves' tags.
 CURVES = (("validation", "epoch_loss", "validation loss"),
@@ -42,11 +47,6 @@ CURVES = (("validation", "epoch_loss", "validation loss"),
 def _scalar(value):
     """A value the HParams plugin accepts (bool, int, float or str)."""
     return value if isinstance(value, (bool, int, float, str)) else str(value)
-
-
-def value_text(value) -> str:
-    """A setting's value as people write it (1e-10, not 1.0000000000e-10)."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def session_name(config: dict, searched) -> str:
@@ -79,39 +79,6 @@ def end_session(logdir: str, failed: bool = False) -> None:
     writer.close()
 
 
-def curve_tags(column: str) -> tuple[str, str]:
-    """(group, tag) of a history.csv column, as Keras' TensorBoard callback
-    (and trackers.TensorBoard, for tags with a '/') names it."""
-    group = "validation" if column.startswith("val_") else "train"
-    name = column[4:] if group == "validation" else column
-    return group, name if "/" in name else f"epoch_{name}"
-
-
-def write_curves(logdir: str, histories) -> None:
-    """Per epoch, the mean of the histories (pandas frames read from
-    history.csv, one per execution) into `logdir/train` and
-    `logdir/validation`, step = epoch (0-based, as Keras logs it)."""
-    import pandas as pd
-    frames = [h for h in histories if len(h) and "epoch" in h]
-    if not frames:
-        return
-    mean = pd.concat(frames).groupby("epoch").mean(numeric_only=True)
-    writers = {}
-    for column in mean.columns:
-        values = mean[column].dropna()
-        if values.empty:  # (Keras' empty val_ columns without validation)
-            continue
-        group, tag = curve_tags(column)
-        if group not in writers:
-            writers[group] = tf.summary.create_file_writer(
-                os.path.join(logdir, group))
-        with writers[group].as_default():
-            for epoch, value in values.items():
-                tf.summary.scalar(tag, float(value), step=int(epoch))
-    for writer in writers.values():
-        writer.close()
-
-
 def metrics_of(space: dict) -> list[tuple[str, str, str]]:
     """The CURVES a sweep's sessions have: validation ones only when its
     objective holds data out, accuracy only for classification."""
@@ -136,10 +103,20 @@ def write_experiment(logdir: str, space: dict, metrics=None) -> None:
         for name in shown]
     metrics = [hp_api.Metric(tag, group=group, display_name=display)
                for group, tag, display in (metrics or metrics_of(space))]
+    older = event_files(logdir)
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
         hp_api.hparams_config(hparams=hparams, metrics=metrics)
     writer.close()
+    # TensorBoard keeps the first experiment it reads in a folder: a rerun
+    # (a widened grid's) replaces the older ones, after writing its own.
+    for path in older:
+        os.remove(path)
+
+
+def event_files(logdir: str) -> list[str]:
+    import glob
+    return glob.glob(os.path.join(glob.escape(logdir), "events.out.*"))
 
 
 def _uniform_type(values) -> bool:

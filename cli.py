@@ -1,17 +1,28 @@
 """Command-line entry points: flags generated from hparams.py, and every bad
 input reported as one line (`error: ...`) with exit status 2 (the other
 statuses: errors.py).  `-v`/`--verbose` (or BPFREE_VERBOSE=1) shows the
-details that are hidden by default (quiet.py)."""
+details that are hidden by default (quiet.py).
+
+Ctrl-C (SIGINT) and SIGTERM stop a run or a sweep where it is, with one
+line saying where (progress.py) and that the same command resumes, and no
+traceback; the process then ends by that signal (`exit_with`), as Python does
+on Ctrl-C, so that a shell loop around it stops too (status 130 or 143).
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
 import sys
 from typing import Callable
 
 import space as space_lib
 import quiet
-from errors import (RunFailed, StorageError, UsageError, WorkerStopped,
-                    storage_error)
+from errors import (Interrupted, RunFailed, StorageError, UsageError,
+                    WorkerStopped, storage_error)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def make_flags(extra: dict[str, str]):
@@ -33,6 +44,7 @@ def make_flags(extra: dict[str, str]):
 def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
     """Parses argv and calls main(flag_values); returns the exit status."""
     from absl import flags
+    stop_on_signals()
     flag_values = make_flags(extra)
     if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
         print(flag_values.get_help())
@@ -47,9 +59,18 @@ def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
                              "are given as --name=value; see --help)")
         quiet.set_verbose(flag_values.verbose)
         quiet.install()
+        if getattr(main, "__module__", None) == "__main__":
+            import stderr_filter  # (the program's own main, not a test's
+            stderr_filter.install()  # call: for the process's whole life)
         import xla_cache
         xla_cache.install()  # (before TensorFlow reads TF_XLA_FLAGS)
         main(flag_values)
+    except Interrupted as stop:
+        import progress
+        progress.clear_terminal_line()
+        print(progress.stopped_line(stop.signum), file=sys.stderr,
+              flush=True)
+        return stop.exit_status
     except (UsageError, RunFailed, StorageError, WorkerStopped) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_status
@@ -60,3 +81,39 @@ def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
         print(f"error: {storage}", file=sys.stderr)
         return storage.exit_status
     return 0
+
+
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM raise `Interrupted` where the process is; a
+    second one while it stops is ignored (it stops already, in a moment:
+    a traceback from inside the clean-up would say nothing more)."""
+    def interrupt(signum, frame):
+        for other in STOP_SIGNALS:
+            signal.signal(other, signal.SIG_IGN)
+        raise Interrupted(signum)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, interrupt)
+
+
+def exit_with(status: int) -> None:
+    """Ends an entry point with `status`; after an interrupt (130, 143),
+    by the signal itself once the exit handlers ran (what was compiled
+    published, stderr flushed), as Python does after a Ctrl-C.  Registered first, the handler runs last."""
+    signum = {128 + s: s for s in STOP_SIGNALS}.get(status)
+    if signum is not None:
+        def die():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        _first_exit_handler.append(die)
+    sys.exit(status)
+
+
+_first_exit_handler: list = []  # what `_run_last` runs
+
+
+@atexit.register
+def _run_last() -> None:
+    for handler in _first_exit_handler:
+        handler()

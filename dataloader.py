@@ -228,16 +228,42 @@ def prepared(hp) -> Prepared:
     return arrays
 
 
-def prepare(hp) -> Prepared:
-    import tensorflow as tf
-    raw = load_arrays(hp)
+def training_split(hp, raw):
+    """(x_train, y_train, x_val, y_val) of the run, raw; val None when no
+    validation is held out."""
     idx = subsample(raw.y_train, hp["examples_frac"], hp["skew_type"],
                     hp["imbalance_factor"], raw.num_classes, hp["seed"])
     x_tr, y_tr = raw.x_train[idx], raw.y_train[idx]
-    x_val = y_val = None
-    if needs_validation(hp):
-        tr, val = validation_split(y_tr, hp["validation_frac"], hp["seed"])
-        x_tr, y_tr, x_val, y_val = x_tr[tr], y_tr[tr], x_tr[val], y_tr[val]
+    if not needs_validation(hp):
+        return x_tr, y_tr, None, None
+    tr, val = validation_split(y_tr, hp["validation_frac"], hp["seed"])
+    return x_tr[tr], y_tr[tr], x_tr[val], y_tr[val]
+
+
+def network_inputs(x, hp) -> np.ndarray:
+    """Raw examples of the run's dataset (as its files hold them: a
+    channel axis is added where they have none) as the run's network reads
+    them: scaled as its training split was (`normalize`: with that split's
+    statistics) and resized to --image_size.  For a model loaded from a
+    run (bpfree.inputs)."""
+    raw = load_arrays(hp)
+    x = np.asarray(x)
+    if x.ndim == raw.x_test.ndim - 1:
+        x = x[..., None]
+    statistics = (channel_statistics(training_split(hp, raw)[0])
+                  if hp["scaler"] == "normalize" else None)
+    x = scale(x, hp["scaler"], raw.max_value, statistics)
+    size = hp.get("image_size") or 0
+    if size:
+        import tensorflow as tf
+        x = tf.image.resize(x, (size, size), antialias=True).numpy()
+    return x
+
+
+def prepare(hp) -> Prepared:
+    import tensorflow as tf
+    raw = load_arrays(hp)
+    x_tr, y_tr, x_val, y_val = training_split(hp, raw)
     classify = hp["problem_type"] == "classification"
     statistics = (channel_statistics(x_tr) if hp["scaler"] == "normalize"
                   else None)  # the training split's alone

@@ -12,6 +12,9 @@ status each gives on the command line (`cli.run`, train.bash).
        intact, so rerunning the same command once there is room continues
        where it stopped; never retried by train.bash (it would only fail
        again)
+  130  Interrupted by Ctrl-C (SIGINT), 143 by SIGTERM: the process ends
+       by that signal once it has said where it stopped (so a calling
+       shell stops too); rerunning the same command resumes
 
 Every one of these prints one line, `error: <message>`.
 """
@@ -50,6 +53,18 @@ class StorageError(RuntimeError):
             f"cannot write {path}: {cause}; what was written before is "
             "kept: make room (or repair the folder) and rerun the same "
             "command to continue")
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM: the run stops where it is, with one line
+    saying where and that the same command resumes (cli.py).  A
+    BaseException, like KeyboardInterrupt, so that no `except Exception`
+    of a trial records it as the trial's failure."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_status = 128 + signum  # 130, 143: as the shell says it
 
 
 class WorkerStopped(RuntimeError):

@@ -70,6 +70,44 @@ def read_record(path: str, required=(), remedy: str = "") -> dict | None:
     return record
 
 
+def check_not_held(sweep_dir: str) -> None:
+    """Refuses, at once (before TensorFlow and the data load), a sweep
+    folder another process holds; `hold_sweep` takes it later."""
+    path = os.path.join(sweep_dir, LOCK_FILE)
+    if os.path.realpath(sweep_dir) in _held or not os.path.exists(path):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # (hold_sweep says what is wrong with it)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(in_use(sweep_dir, holder(path))) from None
+    except OSError:
+        pass  # a file system without locks: hold_sweep warns
+    finally:
+        os.close(fd)  # (releases the probe's lock)
+
+
+def in_use(sweep_dir: str, who: str) -> str:
+    return (f"{sweep_dir} is in use by another sweep ({who}); wait for it "
+            "to end, or use a new folder (to run one sweep with several "
+            "processes, use the chief/worker mode: README, 'Several "
+            "machines')")
+
+
+def holder(path: str) -> str:
+    """Who holds a sweep's lock, in words, from the file it wrote."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return (f"pid {record['pid']} on host {record['host']}, since "
+                f"{record['since']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that is starting"
+
+
 def hold_sweep(sweep_dir: str) -> "SweepLock":
     """Holds `sweep_dir` for this process; refuses one another holds."""
     key = os.path.realpath(sweep_dir)
@@ -92,13 +130,8 @@ class SweepLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = self.holder()
             os.close(self.fd)
-            raise UsageError(
-                f"{sweep_dir} is in use by another sweep ({holder}); wait "
-                "for it to end, or use a new folder (to run one sweep with "
-                "several processes, use the chief/worker mode: README, "
-                "'Several machines')") from None
+            raise UsageError(in_use(sweep_dir, holder(self.path))) from None
         except OSError as error:  # a file system without locks (old NFS)
             print(f"warning: cannot lock {self.path} ({error.strerror}); "
                   "a second sweep on this folder would not be refused",
@@ -111,16 +144,6 @@ class SweepLock:
         except OSError as error:
             self.release()
             raise StorageError(self.path, error.strerror) from error
-
-    def holder(self) -> str:
-        """Who holds the lock, in words, from the file it wrote."""
-        try:
-            with open(self.path) as f:
-                record = json.load(f)
-            return (f"pid {record['pid']} on host {record['host']}, since "
-                    f"{record['since']}")
-        except (OSError, ValueError, KeyError, TypeError):
-            return "a process that is starting"
 
     def release(self) -> None:
         if self.fd is not None:

@@ -37,11 +37,12 @@ import sys
 import time
 
 import space as space_lib
-from errors import UsageError, WorkerStopped
+from errors import Interrupted, UsageError, WorkerStopped
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LAUNCHER_ENV = "BPFREE_LAUNCHER_PID"  # set in the workers it starts
 QUIET_ENV = "BPFREE_WORKER_QUIET"  # workers print no per-trial lines
+WORKERS_ENV = "BPFREE_SWEEP_WORKERS"  # how many (for progress estimates)
 NOT_RETRIED = {2: "bad input", 3: "a failed run", 4: "a failed write"}
 POLL_SECONDS = 0.2
 STOP_SECONDS = 10  # how long a worker gets to end after SIGTERM
@@ -134,26 +135,19 @@ def serve(oracle):
     return server, port
 
 
-class Stop(Exception):
-    """SIGTERM, or a worker ended by Ctrl-C or SIGTERM: stop the sweep."""
-
-    def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def run(tuner, sweep_dir: str, given: dict, workers: int,
+def run(tuner, sweep, given: dict, workers: int,
         announce: bool = True, details: bool = False) -> None:
-    """Serves the sweep's grid to `workers` worker processes until every
-    one has found it done.  `announce`: the workers' line per trial;
-    `details` (-v): keras-tuner's own trial tables."""
-    flags = [f"--sweep_dir={sweep_dir}", *command_line(given)]
+    """Serves the grid of `sweep` (a sweep_plan.Sweep) to `workers` worker
+    processes until every one has found it done.  `announce`: the workers'
+    line per trial; `details` (-v): keras-tuner's own trial tables."""
+    flags = [f"--sweep_dir={sweep.path}", *command_line(given)]
     check_round_trip(given, flags[1:])
     tuner.oracle.verbose = 1 if details else 0
     tuner.save()  # (keras-tuner's chief saves before serving)
     server, port = serve(tuner.oracle)
     gpus, cores = gpu_ids(), cpu_count()
     base = {**os.environ, LAUNCHER_ENV: str(os.getpid()),
+            WORKERS_ENV: str(workers),
             "KERASTUNER_ORACLE_IP": "127.0.0.1",
             "KERASTUNER_ORACLE_PORT": str(port)}
     if not announce:
@@ -161,26 +155,20 @@ def run(tuner, sweep_dir: str, given: dict, workers: int,
     pool = Pool([sys.executable, os.path.join(HERE, "tune.py"), *flags],
                 [{**base, **worker_environment(k + 1, workers, gpus, cores)}
                  for k in range(workers)])
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         pool.start_all()
         pool.wait()
-    except (KeyboardInterrupt, Stop) as interrupt:
+    except Interrupted:  # (cli.py prints where it stopped)
         pool.stop()
-        signum = (interrupt.signum if isinstance(interrupt, Stop)
-                  else signal.SIGINT)
-        print(f"launcher: stopped by {signal.Signals(signum).name[3:]}, with "
-              "its workers; rerun the same command to continue",
-              file=sys.stderr, flush=True)
-        raise Stop(signum) from None
+        import progress
+        import sweep_results
+        progress.workers_stopped(workers,
+                                 sweep_results.finished_trials(sweep),
+                                 len(sweep.configs))
+        raise
     finally:
         pool.stop()
-        signal.signal(signal.SIGTERM, previous)
         server.stop(0)
-
-
-def _raise_stop(signum, frame):
-    raise Stop(signum)
 
 
 def max_restarts() -> int:
@@ -224,8 +212,8 @@ class Pool:
             self.stop()
             raise WorkerStopped(name, status, NOT_RETRIED[status])
         if status in (-signal.SIGINT, -signal.SIGTERM, 130, 143):
-            raise Stop(signal.SIGINT if status in (-signal.SIGINT, 130)
-                       else signal.SIGTERM)
+            raise Interrupted(signal.SIGINT if status in (-signal.SIGINT, 130)
+                              else signal.SIGTERM)
         reason = (f"killed by signal {signal.Signals(-status).name[3:]}"
                   if status < 0 else f"exit status {status}")
         if self.restarts[k] >= max_restarts():
@@ -264,9 +252,11 @@ def is_launched_worker() -> bool:
 
 def become_worker() -> None:
     """In a worker this launcher started, before TensorFlow loads: die with
-    the chief (even by SIGKILL), and end without a traceback on Ctrl-C
-    (the chief stops the sweep; the trial resumes on rerun)."""
+    the chief (even by SIGKILL), and end without a line of its own on
+    Ctrl-C or SIGTERM (the chief stops the sweep and says where; the trial
+    resumes on rerun)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -275,6 +265,12 @@ def become_worker() -> None:
         pass
     if str(os.getppid()) != os.environ[LAUNCHER_ENV]:
         os._exit(1)  # the chief ended before the guard was set
+
+
+def sweep_workers() -> int:
+    """How many trials of this process's sweep run at once."""
+    return int(os.environ.get(WORKERS_ENV, "1")) if is_launched_worker() \
+        else 1
 
 
 def announces() -> bool:

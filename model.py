@@ -67,7 +67,7 @@ class ProjectionModel(keras.Model):
     def __init__(self, arch, algorithm, target_dim, problem_type, input_shape,
                  activation="tanh", batch_norm=False, dropout=0.0,
                  bw_init="uniform", use_bias=True, scaler="zero_one", seed=0,
-                 init="glorot_uniform", bn_momentum=0.99, bn_epsilon=1e-3,
+                 init="glorot_uniform", bn_momentum=0.9, bn_epsilon=1e-3,
                  precision="float32", **kw):
         # --precision is a Keras dtype policy, given to every block and
         # layer below (not set globally: a sweep runs trials of several
@@ -226,8 +226,21 @@ class ProjectionModel(keras.Model):
         return self.output_function(logits32(self.forward(x, training)[1]))
 
     def target(self, y):
-        """What the output is scored against: one-hot labels or flat x."""
-        return y if self.classify else tf.reshape(y, (tf.shape(y)[0], -1))
+        """What the output is scored against: one-hot labels or flat x.
+        Class ids (integers, as the dataset files hold them: shape (N,) or
+        (N, 1)) are made one-hot, so that a loaded model evaluates on
+        either; the training pipelines give one-hot labels already."""
+        if not self.classify:
+            return tf.reshape(y, (tf.shape(y)[0], -1))
+        classes = self.spec["target_dim"]
+        rank = y.shape.rank  # (None when Keras relaxed a retraced step)
+        if rank == 1 or (y.dtype.is_integer and (
+                rank is None or (rank == 2 and y.shape[-1] == 1))):
+            ids = tf.cast(tf.reshape(y, (-1,)), tf.int32)
+            return tf.one_hot(ids, classes, dtype=tf.float32)
+        if y.dtype != tf.float32:
+            y = tf.cast(y, tf.float32)
+        return y if rank is not None else tf.reshape(y, (-1, classes))
 
     def global_loss(self, target, z):
         if self.classify:

@@ -122,17 +122,6 @@ class Projection(keras.layers.Layer):
         return None
 
     @classmethod
-    def check_settings(cls, hparams):
-        """Refuses or warns about settings the rule cannot use."""
-        from errors import UsageError
-        if (hparams["problem_type"] == "reconstruction"
-                and not cls.supports_reconstruction):
-            raise UsageError(f"algorithm '{cls.key}' cannot train "
-                             "reconstruction; it needs labels (valid: "
-                             + ", ".join(k for k, r in RULES.items()
-                                         if r.supports_reconstruction) + ")")
-
-    @classmethod
     def warnings(cls, hparams) -> list[str]:
         """Settings the rule accepts but that likely defeat it."""
         return []

@@ -9,12 +9,17 @@ writes, in the output folder (default: <sweep>/report/):
                             over its executions (± their std where there
                             are two or more); a header names the dataset,
                             arch, epochs and the settings pinned off their
-                            defaults; tracker columns when trackers ran
+                            defaults; tracker columns when trackers ran;
+                            under the table, what each number is (the
+                            final losses vs the curves' running means,
+                            train_seconds and compile_seconds)
     learning_curves.png     per rule, the loss and accuracy per epoch of its
-                            best configuration (mean over executions, with
-                            their spread where there are several)
-    best_per_rule.png       per rule, the test accuracy (or loss) of its best
-                            configuration, bars from zero
+                            best configuration, training and validation
+                            (mean over executions, with their spread where
+                            there are several)
+    best_per_rule.png       per rule, its best configuration (its searched
+                            values under its bar): test accuracy (or loss),
+                            bars from zero, and train time
     alignment.png           per rule, alignment with backprop per epoch, when
                             the sweep ran with trackers
 
@@ -39,9 +44,13 @@ import tracker_plots
 import hparams as hparams_lib
 import report_plots
 from errors import UsageError
+from sweep_results import number_format
 
 METRICS = ("test_accuracy", "test_loss", "val_loss", "val_accuracy", "loss",
-           "accuracy", "train_seconds")
+           "accuracy", "train_seconds", "compile_seconds")
+# Table cells: fixed decimals (seconds 1, every other number 4), scientific
+# only where fixed ones would be too wide or show a nonzero value as 0.
+SECONDS = ("train_seconds", "compile_seconds")
 # Tracker columns of the table: (family, layers averaged), as
 # tracker_plots.PLOTTED plots them; the value of the last epoch.
 TRACKED = (("bp_cosine", "hidden"), ("signal_cosine", "hidden"),
@@ -201,10 +210,6 @@ def markdown(sweep: Sweep, table: pd.DataFrame) -> str:
                f"{sweep.objective}`; "
                + ("mean ± std over the finished executions of each."
                   if several else "one execution each."))
-    if tracked:
-        summary += (" Trackers: last epoch, mean over hidden blocks "
-                    "(weight_alignment: over the layers where it is "
-                    "defined).")
     lines = [*header(sweep), "", summary, "",
              "| " + " | ".join(columns) + " |",
              "|" + "---|" * len(columns)]
@@ -214,24 +219,78 @@ def markdown(sweep: Sweep, table: pd.DataFrame) -> str:
         cells += [mean_std(row, m) for m in [*metrics, *tracked]]
         cells.append(str(row.get("failure") or ""))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *what_the_numbers_are(metrics, tracked)]
     return "\n".join(lines) + "\n"
 
 
+# What each column (and curve) is, by the columns it explains: a reader
+# meets the training loss twice, as the table's `loss` and as the curves'
+# per-epoch values, and they differ.
+EXPLAINED = (
+    (("loss", "accuracy"),
+     "the training split, evaluated once after training with the final "
+     "weights in inference mode (dropout off, batch norm's moving "
+     "averages). The loss is the model's loss (softmax cross-entropy for "
+     "a classification, else mean squared error), a mean over the "
+     "examples."),
+    (("val_loss", "val_accuracy"),
+     "the validation split, evaluated the same way after training: the "
+     "last point of the validation curves."),
+    (("test_loss", "test_accuracy"),
+     "the test split, evaluated the same way after training."),
+)
+CURVES = (
+    "learning_curves.png, per epoch: the validation curve (solid) is the "
+    "validation split evaluated after that epoch, as above. The training "
+    "curve (dashed) is Keras' running mean over the epoch's batches, each "
+    "measured in training mode (dropout on) before its update, while the "
+    "weights move: it is usually above the table's `loss`, by most after "
+    "the first epoch, whose first batches meet nearly initial weights.")
+TIMES = {
+    True: "`train_seconds`: the wall time of training (Keras' fit), "
+          "compilation excluded; `compile_seconds`: the first epoch's "
+          "excess over the others (tracing the step, XLA compiling). "
+          "best_per_rule.png compares the rules' best configurations on "
+          "both.",
+    False: "`train_seconds`: the wall time of training (Keras' fit), "
+           "tracing and XLA compiling included (these runs did not record "
+           "`compile_seconds`), so that it differs between executions of "
+           "one configuration by more than their training does. "
+           "best_per_rule.png compares the rules' best configurations on "
+           "it."}
+
+
+def what_the_numbers_are(metrics, tracked) -> list[str]:
+    """The report's legend: a bullet per kind of column shown."""
+    lines = ["## What the numbers are", ""]
+    for names, meaning in EXPLAINED:
+        shown = [f"`{n}`" for n in names if n in metrics]
+        if shown:
+            lines.append(f"- {', '.join(shown)}: {meaning}")
+    lines.append(f"- {CURVES}")
+    if "train_seconds" in metrics:
+        lines.append(f"- {TIMES['compile_seconds' in metrics]}")
+    if tracked:
+        lines.append(f"- {', '.join(f'`{t}`' for t in tracked)}: the "
+                     "trackers' last epoch, a mean over hidden blocks "
+                     "(weight_alignment: over the layers where it is "
+                     "defined).")
+    return lines
+
+
 def mean_std(row, metric) -> str:
-    """'mean ± std' over two or more executions, else the value alone."""
+    """'mean ± std' over two or more executions, else the value alone;
+    both in the mean's format (number_format)."""
     mean = row.get(f"{metric}_mean")
     if mean is None or pd.isna(mean):
         return "—"
-    digits = 2 if metric == "train_seconds" else 4
-    form = f".{digits}f" if abs(mean) < 1e4 else ".4g"
+    form = number_format(mean, 1 if metric in SECONDS else 4)
     if row["completed"] < 2:
         return f"{mean:{form}}"
     return f"{mean:{form}} ± {row[f'{metric}_std']:{form}}"
 
 
-def text(value) -> str:
-    """A setting's value as people write it (1e-10, not 1e-10's repr)."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
+text = hparams_lib.value_text  # a setting's value as people write it
 
 
 # --- Entry --------------------------------------------------------------------

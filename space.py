@@ -9,8 +9,8 @@ from typing import Mapping, Sequence
 
 import arch
 from errors import UsageError
-from hparams import (FIELDS, HParams, check, check_network, defaults,
-                     with_default_arch)
+from hparams import (FIELDS, HParams, check, check_declarations,
+                     check_network, defaults, with_default_arch)
 
 
 def define_flags(flag_values=None) -> None:
@@ -33,6 +33,7 @@ def define_flags(flag_values=None) -> None:
             flag = flags.MultiFlag(
                 flags.ArgumentParser(), flags.ArgumentSerializer(),
                 field.name, None, help_text)
+            flag.help = help_text  # (absl appends its own "repeat" line)
         else:
             flag = flags.Flag(
                 flags.ArgumentParser(), flags.ArgumentSerializer(),
@@ -56,6 +57,7 @@ def given_on_command_line(flag_values=None) -> dict[str, tuple]:
 
 def single_run(given: Mapping[str, Sequence]) -> HParams:
     """The configuration of one run: given values over the defaults."""
+    check_declarations()
     for name, values in given.items():
         if len(values) != 1:
             raise UsageError(f"--{name}: a single run takes one value, got "
@@ -68,6 +70,7 @@ def search_space(given: Mapping[str, Sequence]) -> dict[str, tuple]:
     """Every field's values in a sweep: given values, else its grid, else its
     default alone (the arch: the dataset's).  Refuses, before any trial, an
     arch that does not fit one of the sweep's datasets."""
+    check_declarations()
     space = {f.name: tuple(given.get(f.name) or f.grid or (f.default,))
              for f in FIELDS}
     if not given.get("arch"):

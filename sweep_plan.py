@@ -4,7 +4,9 @@ keras-tuner's GridSearch loses its order on reload (its issue #1055): the
 order lives here instead, fixed when the sweep starts, and every process of
 the sweep (a rerun, a restart after a crash, the workers of a parallel or
 distributed sweep) reads the same plan.  A rerun with flags that make
-another grid is refused rather than mixed in.  Trial names are
+another grid is refused rather than mixed in, but a widened one (a field
+given more values) is appended to the plan: the trials already run keep
+their names and results, and only the new ones run.  Trial names are
 `t<index in the grid>-<sweep id>`, stable across reruns and unique across
 sweeps.
 """
@@ -21,6 +23,7 @@ import time
 import hparams as hparams_lib
 import space as space_lib
 from errors import UsageError
+from hparams import value_text
 
 SWEEP_LEVEL = ("objective", "executions_per_trial")  # one value per sweep
 SWEEP_FILE = "sweep.json"
@@ -68,9 +71,8 @@ class Sweep:
 
 
 def config_is_valid(config) -> bool:
-    import train
     try:
-        train.check_settings(config)
+        hparams_lib.check(config)
     except UsageError:
         return False
     return True
@@ -78,10 +80,9 @@ def config_is_valid(config) -> bool:
 
 def first_problem(space) -> str:
     """Why no configuration of the space is valid."""
-    import train
     config = next(space_lib.grid(space))
     try:
-        train.check_settings(config)
+        hparams_lib.check(config)
     except UsageError as error:
         return str(error)
     return "no valid configuration"
@@ -123,28 +124,32 @@ def invocation(space, run_settings=None) -> dict:
 
 
 def open_sweep(sweep_dir, configs, space, run_settings=None) -> Sweep:
-    """Reads the folder's plan, or writes it on first use.  In distributed
-    mode only the chief (or a lone process) writes the plan, with a record
-    of the command that ran it; workers wait for it."""
+    """Reads the folder's plan, or writes it on first use; a widened grid
+    (`check_extends`) appends its new configurations to the plan, so the
+    trials already run keep their names and results.  In distributed mode
+    only the chief (or a lone process) writes the plan, with a record of
+    the command that ran it; workers wait for it."""
     import atomic
     path = os.path.join(sweep_dir, SWEEP_FILE)
-    if is_worker():
-        wait_for(path, WORKER_WAIT_SECONDS)
-    plan = read_plan(sweep_dir)
     configs = [identity(c) for c in
                json.loads(json.dumps(configs, default=str))]
+    if is_worker():
+        plan = wait_for_plan(sweep_dir, configs, WORKER_WAIT_SECONDS)
+    else:
+        plan = read_plan(sweep_dir)
+    added = []
     if plan is None:
         plan = {"sweep_id": os.urandom(3).hex(), "grid": configs,
                 "space": {k: list(v) for k, v in identity(space).items()},
                 "objective": space["objective"][0], "invocations": []}
-    elif [values_hash(identity(c)) for c in plan["grid"]] != \
-            [values_hash(c) for c in configs]:
-        raise UsageError(
-            f"{sweep_dir} holds another sweep ({len(plan['grid'])} "
-            f"configuration(s)); rerun it with the flags in "
-            f"{path} or use a new folder")
+    else:
+        added = new_configs(plan, configs, sweep_dir)
     if not is_worker():
-        plan["invocations"].append(invocation(space, run_settings))
+        if added:
+            plan["grid"] = plan["grid"] + added
+            plan["space"] = {k: list(v) for k, v in identity(space).items()}
+        plan["invocations"].append({**invocation(space, run_settings),
+                                    "added_configurations": len(added)})
         atomic.write_json(path, plan)
     searched = [name for name, values in plan["space"].items()
                 if len(values) > 1]
@@ -152,10 +157,51 @@ def open_sweep(sweep_dir, configs, space, run_settings=None) -> Sweep:
                  plan["objective"])
 
 
+def new_configs(plan, configs, sweep_dir) -> list:
+    """The configurations of `configs` the plan lacks; refuses configs
+    that leave out one of the plan's (a rerun may widen a sweep, not
+    narrow it: `check_extends` says which setting, before TensorFlow)."""
+    planned = {values_hash(identity(c)) for c in plan["grid"]}
+    wanted = {values_hash(c) for c in configs}
+    if not planned <= wanted:
+        raise UsageError(
+            f"{sweep_dir} holds another sweep ({len(planned - wanted)} of "
+            f"its {len(planned)} configuration(s) are not in this grid); "
+            f"rerun it with the flags in "
+            f"{os.path.join(sweep_dir, SWEEP_FILE)} or use a new folder")
+    return [c for c in configs if values_hash(c) not in planned]
+
+
+def wait_for_plan(sweep_dir, configs, seconds):
+    """A worker's plan: the chief's, once it holds every configuration of
+    the worker's grid (a widened sweep's chief may not have written it
+    yet)."""
+    path = os.path.join(sweep_dir, SWEEP_FILE)
+    deadline = time.time() + seconds
+    wait_for(path, seconds)
+    while True:
+        plan = read_plan(sweep_dir)
+        planned = {values_hash(identity(c)) for c in plan["grid"]}
+        if {values_hash(c) for c in configs} <= planned:
+            return plan
+        if time.time() > deadline:
+            raise UsageError(f"{path} does not hold this worker's grid: "
+                             "start every worker with the chief's flags")
+        time.sleep(0.5)
+
+
 def is_worker() -> bool:
-    """A worker of keras-tuner's chief/worker mode (not the chief)."""
-    from keras_tuner.src.distribute import utils
-    return utils.has_chief_oracle() and not utils.is_chief_oracle()
+    """A worker of keras-tuner's chief/worker mode (not the chief), read
+    from the environment as keras-tuner reads it; importing keras-tuner
+    would load TensorFlow before the checks that need none of it."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return False
+    for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        if name not in os.environ:
+            raise UsageError(f"KERASTUNER_ORACLE_IP is set but {name} is "
+                             "not: the chief/worker mode needs the oracle's "
+                             "IP, its port and each process's tuner id")
+    return "chief" not in os.environ["KERASTUNER_TUNER_ID"]
 
 
 PLAN_KEYS = ("sweep_id", "grid", "space", "objective")
@@ -190,20 +236,46 @@ def check_records(sweep_dir) -> None:
         folders.read_record(os.path.join(run, "failure.json"), ("reason",))
 
 
-def check_same_sweep(sweep_dir, space) -> None:
-    """Refuses, before TensorFlow loads, to mix another grid into a sweep
-    folder (open_sweep checks the grid itself again)."""
+def check_extends(sweep_dir, space) -> None:
+    """Refuses, before TensorFlow loads, a rerun whose settings are not the
+    sweep's or a widening of them: a field may gain values (a longer
+    `--lr` list, a wider grid in hparams.py), not lose or change one."""
     plan = read_plan(sweep_dir)
-    space = identity(space)
-    if plan is not None and values_hash(identity(plan["space"])) != \
-            values_hash({k: list(v) for k, v in space.items()}):
-        changed = sorted(k for k in space
-                         if values_hash(plan["space"].get(k))
-                         != values_hash(list(space[k])))
+    if plan is None:
+        return
+    changed = space_changes(plan["space"], identity(space))
+    if changed:
         raise UsageError(
-            f"{sweep_dir} holds another sweep (other {', '.join(changed)}); "
-            f"rerun it with the flags in "
+            f"{sweep_dir} holds another sweep ({'; '.join(changed)}): a "
+            "sweep folder takes more values of a setting, not other ones; "
+            "rerun it with the flags in "
             f"{os.path.join(sweep_dir, SWEEP_FILE)} or use a new folder")
+
+
+def space_changes(old: dict, new: dict) -> list[str]:
+    """What `new` changes of the space `old` other than adding values, in
+    words ("epochs was 10, now 3", "lr lost 0.01")."""
+    changes = []
+    for name in [*old, *(n for n in new if n not in old)]:
+        if name not in old or name not in new:
+            changes.append(f"{name} is {'new' if name in new else 'gone'}"
+                           " (another version of bpfree made this sweep)")
+            continue
+        before, after = as_json(old[name]), as_json(new[name])
+        lost = [v for v in before if v not in after]
+        if not lost:
+            continue
+        if len(before) == len(after) == 1:
+            changes.append(f"{name} was {value_text(before[0])}, now "
+                           f"{value_text(after[0])}")
+        else:
+            changes.append(f"{name} lost {', '.join(map(value_text, lost))}")
+    return changes
+
+
+def as_json(values) -> list:
+    """Values as sweep.json holds them (so 0.001 read back equals 1e-3)."""
+    return json.loads(json.dumps(list(values), default=str))
 
 
 def wait_for(path, seconds):

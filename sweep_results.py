@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from errors import UsageError
+from hparams import value_text
 from sweep_plan import SWEEP_FILE, Sweep, execution_dir, read_plan
 
 RESULTS_FILE = "results.csv"
@@ -63,6 +64,21 @@ def execution_row(sweep, index, execution, config, workdir) -> dict:
     return row
 
 
+def finished_trials(sweep: Sweep) -> int:
+    """How many trials of the grid are done: every execution finished, or
+    one failed (a failed execution ends its trial)."""
+    done = 0
+    for index, config in enumerate(sweep.configs):
+        runs = [execution_dir(sweep, index, k) for k in range(
+            int(config.get("executions_per_trial", 1)))]
+        if any(os.path.exists(os.path.join(r, "failure.json"))
+               for r in runs) or all(
+                os.path.exists(os.path.join(r, "metrics.json"))
+                for r in runs):
+            done += 1
+    return done
+
+
 def write_results(sweep: Sweep):
     import atomic
     frame = results_table(sweep.path)
@@ -70,15 +86,52 @@ def write_results(sweep: Sweep):
     return frame
 
 
+SHOWN_METRICS = ("loss", "val_loss", "test_loss", "test_accuracy",
+                 "train_seconds")
+
+
 def show_table(frame, searched) -> str:
-    metrics = [c for c in ("loss", "val_loss", "test_loss", "test_accuracy",
-                           "train_seconds", "failure") if c in frame]
-    columns = ["trial_id", "execution", "status", *searched, *metrics]
-    frame = frame[[c for c in columns if c in frame]]
+    """The results as printed after a sweep: each column in one format
+    (metrics to 4 decimals, seconds to 1, settings as written), and no
+    metric for a failed run (a diverged one's would mislead)."""
+    columns = ["trial_id", "execution", "status", *searched,
+               *SHOWN_METRICS, "failure"]
+    frame = frame[[c for c in columns if c in frame]].copy()
+    failed = frame["status"] == "FAILED"
+    for column in frame.columns:
+        if column in SHOWN_METRICS:
+            frame[column] = [
+                "" if bad or not _is_number(v) else metric_text(column, v)
+                for v, bad in zip(frame[column], failed)]
+        elif column in searched:
+            frame[column] = frame[column].map(value_text)
     if "failure" in frame:  # (blank, not NaN, where nothing failed)
-        frame = frame.assign(failure=frame["failure"].fillna(""))
-    return frame.to_string(
-        index=False, float_format=lambda v: f"{v:.4g}")
+        frame["failure"] = frame["failure"].fillna("")
+    return frame.to_string(index=False)
+
+
+def _is_number(value) -> bool:
+    import math
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def metric_text(column: str, value: float) -> str:
+    """Seconds to 1 decimal, other metrics to 4 (number_format)."""
+    decimals = 1 if column.endswith("_seconds") else 4
+    return f"{value:{number_format(value, decimals)}}"
+
+
+WIDEST_FIXED = 1e5
+
+
+def number_format(value: float, decimals: int) -> str:
+    """`decimals` fixed decimals, or 4 significant digits in scientific
+    notation for a value too large for them (3.609e+07) or too small (a
+    nonzero loss that would read 0.0000)."""
+    magnitude = abs(value)
+    if magnitude >= WIDEST_FIXED or 0 < magnitude < 0.5 * 10 ** -decimals:
+        return ".3e"
+    return f".{decimals}f"
 
 
 def mean_metrics(results) -> dict:

@@ -8,6 +8,7 @@ import os
 from typing import Mapping
 
 import atomic
+import plot_layout
 
 
 def columns(frame, tracker: str, layers: str = "hidden") -> list[str]:
@@ -36,7 +37,7 @@ def alignment_figure(histories: Mapping[str, object], plotted=PLOTTED,
     """Alignment over epochs, one line per rule: one panel per tracker
     (bp_cosine and signal_cosine averaged over hidden blocks,
     weight_alignment over the layers where it is defined), cosine on the
-    y axis from -1 to 1.
+    y axis from -1 to 1, epochs from 1; the legend under the panels.
 
     `histories` maps a label (a rule) to a pandas DataFrame read from a
     run's history.csv, or to a list of them (seeds, trials): then the line
@@ -46,8 +47,8 @@ def alignment_figure(histories: Mapping[str, object], plotted=PLOTTED,
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
     import pandas as pd
+    from matplotlib.lines import Line2D
 
     panels = []
     for tracker, layers in plotted:
@@ -66,28 +67,40 @@ def alignment_figure(histories: Mapping[str, object], plotted=PLOTTED,
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                             figsize=(4.2 * len(panels), 3.6))
+                             figsize=(4.2 * len(panels), 4.0),
+                             layout="constrained")
+    # One colour per rule in every panel, also where a panel lacks a
+    # rule's line (and in the order of report_plots' other figures).
+    colors = {label: f"C{i % 10}" for i, label in enumerate(histories)}
+    epochs = 1
     for ax, (tracker, layers, lines) in zip(axes[0], panels):
         for label, curves in lines.items():
             mean = curves.mean(axis=1)
-            (line,) = ax.plot(mean.index, mean.values, marker="o",
-                              markersize=3, label=label)
+            color = colors[label]
+            ax.plot(mean.index, mean.values, marker="o", markersize=3,
+                    color=color)
             if curves.shape[1] > 1:
                 ax.fill_between(mean.index, curves.min(axis=1),
-                                curves.max(axis=1), alpha=0.2,
-                                color=line.get_color())
+                                curves.max(axis=1), alpha=0.2, color=color)
+            epochs = max(epochs, int(mean.index.max()))
         where = "hidden blocks" if layers == "hidden" else "layers"
-        ax.set(title=f"{tracker} (mean over {where})", xlabel="epoch",
+        ax.set(title=f"{tracker} (mean over {where})",
                ylabel="cosine with backprop" if tracker != "weight_alignment"
                else "cosine of W and feedback", ylim=(-1.05, 1.05))
         ax.axhline(0, color="grey", linewidth=0.5)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(
-            integer=True))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize="small", loc="best")
+    for ax in axes[0]:
+        plot_layout.epoch_axis(ax, epochs)
+    # Under the panels, not over them: a rule aligned with backprop
+    # (bp itself) draws its lines along the top of every panel.
+    drawn = [label for label in histories
+             if any(label in lines for _, _, lines in panels)]
+    plot_layout.legend_below(fig, [
+        Line2D([], [], color=colors[label], marker="o", markersize=3)
+        for label in drawn], drawn)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        plot_layout.fit_suptitle(fig, title)
+    plot_layout.fit_panel_titles(fig, len(panels))
     return fig
 
 

@@ -318,6 +318,9 @@ class TensorBoard(keras.callbacks.TensorBoard):
                 for run in ("train", "validation")}
 
     def on_epoch_end(self, epoch, logs=None):
+        # Logged at step epoch + 1: epoch axes start at 1, as in the
+        # report, history.csv's readers and Keras' own "Epoch 1/10".
+        epoch += 1
         trackers = self._trackers()
         if trackers is None or self._tracker_writers is None:
             return super().on_epoch_end(epoch, logs)
@@ -334,7 +337,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
                 for tag, value in sorted(values.items()):
                     tf.summary.scalar(tag, value, step=epoch)
         if (trackers.histograms and self.sample is not None
-                and epoch % trackers.histogram_freq == 0):
+                and epoch % trackers.histogram_freq == 0):  # (as Keras')
             self._log_activations(epoch)
         for writer in self._tracker_writers.values():
             writer.flush()
@@ -362,25 +365,3 @@ class TensorBoard(keras.callbacks.TensorBoard):
         for writer in (self._tracker_writers or {}).values():
             writer.close()
         self._tracker_writers = None
-
-
-class EpochLine(keras.callbacks.ProgbarLogger):
-    """Keras' progress bar and epoch lines without the tracker scalars
-    (tags with a '/'): history.csv and TensorBoard have them, and on the
-    line they would stretch it to hundreds of characters."""
-
-    @staticmethod
-    def _shown(logs):
-        return {k: v for k, v in (logs or {}).items() if "/" not in k}
-
-    def on_train_batch_end(self, batch, logs=None):
-        super().on_train_batch_end(batch, self._shown(logs))
-
-    def on_test_batch_end(self, batch, logs=None):
-        super().on_test_batch_end(batch, self._shown(logs))
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, self._shown(logs))
-
-    def on_test_end(self, logs=None):
-        super().on_test_end(self._shown(logs))

@@ -11,6 +11,7 @@ goes through the same `train_and_evaluate`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -22,20 +23,13 @@ import space as space_lib
 from errors import RunFailed, UsageError  # noqa: E402
 
 
-def check_settings(hp) -> None:
-    """Every refusal that needs no data, before anything is written."""
-    import projection
-    hparams_lib.check(hp)
-    projection.get(hp["algorithm"]).check_settings(hp)
-
-
 def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
     """The compiled model of a configuration (single runs and trials)."""
     import keras
     from model import ProjectionModel
     import optimizers
     import projection
-    check_settings(hp)
+    hparams_lib.check(hp)
     for warning in projection.get(hp["algorithm"]).warnings(hp):
         print(f"warning: {warning}", file=sys.stderr)
     seed_everything_but_tensorflow(hp["seed"])
@@ -96,27 +90,46 @@ def learning_rates(hp, steps_per_epoch=1) -> dict:
             decay=hp["fb_lr_decay"], decay_epochs=1)}
 
 
+@dataclasses.dataclass(frozen=True)
+class RunLogs:
+    """Where a run logs for TensorBoard, and what it shows while it runs."""
+
+    # Its TensorBoard run and HParams session (default <workdir>/tensorboard;
+    # a sweep's execution: trials/<trial>/<rule,values>/exec<k>).
+    tensorboard: str | None = None
+    session_group: str | None = None  # its HParams row: the trial's name
+    progress: bool = False  # progress.py: a line per epoch, live on a tty
+    single_run: bool = True  # (a single run keeps its epoch lines on a tty)
+
+    def logdir(self, workdir) -> str:
+        return self.tensorboard or os.path.join(workdir, "tensorboard")
+
+
+def check_not_finished(workdir) -> None:
+    if os.path.exists(os.path.join(workdir, "metrics.json")):
+        raise UsageError(f"{workdir} already holds a finished run "
+                         "(metrics.json); choose another --workdir")
+
+
 def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
-                       hparams_session=True):
+                       logs=RunLogs()):
     """Trains one configuration into `workdir`; returns its metrics.
 
     A workdir left by a killed run resumes from its last finished epoch;
     one that holds a finished run is refused (nothing is overwritten).
-    `hparams_session` makes the run its own HParams session in TensorBoard
-    (a sweep makes one per trial instead)."""
+    `verbose`: Keras' fit verbosity; `logs`: its TensorBoard session and
+    progress lines (RunLogs)."""
     import atomic
     import dataloader
     import datasets
     import faults
     import folders
     import step_cache
+    logs = logs or RunLogs()
     hparams_lib.check(hp)
     folders.check_writable(workdir, "--workdir")
+    check_not_finished(workdir)
     datasets.load_arrays(hp)  # a missing file is refused before TF loads
-    check_settings(hp)
-    if os.path.exists(os.path.join(workdir, "metrics.json")):
-        raise UsageError(f"{workdir} already holds a finished run "
-                         "(metrics.json); choose another --workdir")
     data = dataloader.load(hp)  # nothing is written before this
     created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -129,17 +142,13 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
         raise
     graph = step_cache.key(hp, data)
     model = step_cache.take(graph, model)  # compiled steps of a past trial
-    history = fit(model, data, hp, workdir, verbose, callbacks,
-                  hparams_session)
+    history = fit(model, data, hp, workdir, verbose, callbacks, logs)
     metrics = final_metrics(model, data, history)
     metrics.update(hparams=dict(hp))
     atomic.save_model(model, os.path.join(workdir, "model.keras"))
     faults.point("run_end")
     atomic.write_json(os.path.join(workdir, "metrics.json"), metrics)
-    if hparams_session:
-        import board
-        board.end_session(os.path.join(workdir, "tensorboard"),
-                          failed=metrics["diverged"])
+    end_session(logs, workdir, failed=metrics["diverged"])
     shutil.rmtree(os.path.join(workdir, "backup"), ignore_errors=True)
     step_cache.keep(graph, model)
     import xla_cache
@@ -147,40 +156,49 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
     return metrics
 
 
-def fit(model, data, hp, workdir, verbose, callbacks, hparams_session):
-    """model.fit with the logging and crash-resume callbacks; returns the
-    run's whole history (all attempts) as a DataFrame."""
+def end_session(logs: RunLogs, workdir, failed=False) -> None:
+    """The run's HParams session ends (its status), if it began."""
+    logdir = (logs or RunLogs()).logdir(workdir)
+    if os.path.isdir(logdir):
+        import board
+        board.end_session(logdir, failed=failed)
+
+
+def fit(model, data, hp, workdir, verbose, callbacks, logs: RunLogs):
+    """model.fit with the logging, progress and crash-resume callbacks;
+    returns the run's whole history (all attempts) as a DataFrame."""
     import keras
 
+    import board
     import faults
     import optimizers
-    import quiet
     import resume
     import trackers
     schedules = learning_rates(hp, data.steps_per_epoch)
     if not model.learned_feedback:
         del schedules["fb_lr"]
-    backup = resume.AtomicBackupAndRestore(os.path.join(workdir, "backup"))
+    times = resume.CallTimes()
+    backup = resume.AtomicBackupAndRestore(os.path.join(workdir, "backup"),
+                                           times)
     start_epoch = backup.restored_epoch()
     history_csv = os.path.join(workdir, "history.csv")
-    logdir = os.path.join(workdir, "tensorboard")
+    logdir = logs.logdir(workdir)
     if start_epoch == 0:  # leftovers of an attempt that finished no epoch
         for stale in (history_csv, logdir):
             if os.path.isdir(stale):
                 shutil.rmtree(stale)
             elif os.path.exists(stale):
                 os.remove(stale)
-    if hparams_session:
-        import board
-        board.start_session(logdir, dict(hp),
-                            os.path.basename(os.path.abspath(workdir)))
+    board.start_session(logdir, dict(hp), logs.session_group or
+                        os.path.basename(os.path.abspath(workdir)))
     resume.log_attempt(workdir, start_epoch)
     model.fit(
         data.train, epochs=hp["epochs"], validation_data=data.validation,
         shuffle=False,  # the pipeline shuffles, by (seed, epoch)
         verbose=verbose, callbacks=[
-            keras.callbacks.TerminateOnNaN(),
+            resume.StopOnNaN(),
             resume.EpochOrder(data),
+            keras.callbacks.LambdaCallback(**times.hooks()),
             optimizers.LearningRateLog(schedules),  # before the loggers
             keras.callbacks.CSVLogger(history_csv, append=True),
             trackers.TensorBoard(  # Keras' callback, tracker tags kept
@@ -190,9 +208,16 @@ def fit(model, data, hp, workdir, verbose, callbacks, hparams_session):
                                 and model.diagnostics.histograms else 0)),
             *callbacks,
             *([resume.BatchFaultPoint()] if faults.armed() else []),
-            *([] if quiet.verbose() else [trackers.EpochLine()]),
+            *([keras.callbacks.LambdaCallback(**progress_of(
+                hp, data, logs).hooks())] if logs.progress else []),
             backup])  # last: an epoch is backed up once it is logged
-    return resume.tidy_history(history_csv, backup.train_seconds())
+    return resume.tidy_history(history_csv, backup.seconds())
+
+
+def progress_of(hp, data, logs: RunLogs):
+    import progress
+    return progress.for_run(hp["epochs"], data.steps_per_epoch,
+                            single_run=logs.single_run)
 
 
 def final_metrics(model, data, history) -> dict:
@@ -223,20 +248,32 @@ def final_metrics(model, data, history) -> dict:
             f"{int(history['epoch'].iloc[bad[0]]) + 1} (TerminateOnNaN "
             "stopped it)")
     metrics["epochs_run"] = int(len(history))
-    metrics["train_seconds"] = round(float(history.attrs["train_seconds"]), 2)
+    # Training time without the first epoch's compiles (resume.CallTimes),
+    # so that two executions of one configuration compare.
+    wall, compiling = history.attrs["seconds"]
+    metrics["train_seconds"] = round(float(wall - compiling), 2)
+    metrics["compile_seconds"] = round(float(compiling), 2)
     return metrics
 
 
 def main(flag_values):
+    import progress
+    import quiet
     workdir = flag_values.workdir
     if not workdir:
         raise UsageError("--workdir is required (where the run writes its "
                          "results)")
     hp = space_lib.single_run(
         space_lib.given_on_command_line(flag_values))
-    # A progress bar on a terminal, else one line per epoch.
+    check_not_finished(workdir)  # (at once, before TensorFlow loads)
+    progress.run_started(workdir)
+    # Quiet: a line per epoch (progress.py); -v: Keras' own progress bar
+    # on a terminal, else its epoch lines, trackers included.
+    details = quiet.verbose()
     metrics = train_and_evaluate(
-        hp, workdir, verbose="auto" if sys.stdout.isatty() else 2)
+        hp, workdir, verbose=(("auto" if sys.stdout.isatty() else 2)
+                              if details else 0),
+        logs=RunLogs(progress=not details))
     if metrics["diverged"]:
         raise RunFailed(f"{workdir}: the run {metrics['diverged_reason']}; "
                         "its files are kept (try a lower --lr)")
@@ -249,4 +286,4 @@ FLAGS = {"workdir": "Where the run writes its results."}
 
 if __name__ == "__main__":
     import cli
-    sys.exit(cli.run(sys.argv, main, FLAGS))
+    cli.exit_with(cli.run(sys.argv, main, FLAGS))

@@ -49,7 +49,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 import traceback
@@ -59,14 +58,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import faults  # noqa: E402
 import space as space_lib  # noqa: E402
 import step_cache  # noqa: E402
-from errors import StorageError, UsageError, storage_error  # noqa: E402
+from errors import (Interrupted, StorageError, UsageError,  # noqa: E402
+                    storage_error)
 # (what other modules and the tests read from here)
 from sweep_plan import (SWEEP_FILE, Sweep, check_records,  # noqa: E402,F401
-                        check_same_sweep, execution_dir, is_worker,
+                        check_extends, execution_dir, is_worker,
                         open_sweep, plan_grid, read_plan)
-from sweep_results import (RESULTS_FILE, mean_metrics,  # noqa: E402,F401
-                           objective_value, read_json, results_table,
-                           show_table, write_results)
+from sweep_results import (RESULTS_FILE, finished_trials,  # noqa: E402,F401
+                           mean_metrics, objective_value, read_json,
+                           results_table, show_table, write_results)
 
 
 # --- keras-tuner --------------------------------------------------------------
@@ -166,13 +166,16 @@ def make_tuner(hypermodel, oracle, sweep: Sweep, verbose=2,
     """`verbose`: Keras' fit verbosity; `announce`: a line per trial."""
     import keras_tuner
 
+    import launcher
+
     class SweepTuner(keras_tuner.engine.base_tuner.BaseTuner):
         """Runs each trial's executions; the objective is their mean."""
 
         def run_trial(self, trial, *args, **kwargs):
             try:
                 return run_trial(sweep, self.hypermodel.build(
-                    trial.hyperparameters), verbose, announce)
+                    trial.hyperparameters), verbose, announce,
+                    launcher.sweep_workers())
             except Exception as error:
                 storage = storage_error(error)
                 if storage is None:
@@ -199,64 +202,72 @@ def make_tuner(hypermodel, oracle, sweep: Sweep, verbose=2,
 # --- Trials -------------------------------------------------------------------
 
 
-def run_trial(sweep: Sweep, hp, verbose, announce=False) -> dict:
+def run_trial(sweep: Sweep, hp, verbose, announce=False, workers=1) -> dict:
     """Every execution seed of one configuration; a failed one fails the
     trial with its reason.  Executions already finished are read, not
-    rerun.  `announce`: one line when it starts, one when it ends."""
-    import board
+    rerun.  `announce`: one line when it starts, one per epoch (a live line
+    on a terminal: progress.py), one when it ends."""
     import keras_tuner
+    import progress
+    import train
     index = sweep.index_of(hp)
     name = sweep.trial_name(index)
-    progress = f"[{index + 1}/{len(sweep.configs)}]"
+    label = f"[{index + 1}/{len(sweep.configs)}]"
     if announce:
-        print(f"{progress} {describe(hp, sweep.searched)}", flush=True)
+        print(f"{label} {describe(hp, sweep.searched)}", flush=True)
+    progress.trial_started(label, finished_trials(sweep), len(sweep.configs),
+                           hp.executions_per_trial - 1, workers)
     began = time.time()
-    session = os.path.join(sweep.trial_dir(index),
-                           board.session_name(hp, sweep.searched))
-    board.start_session(session, dict(hp), name)
     results = []
     failure = None
     for execution in range(hp.executions_per_trial):
-        workdir = execution_dir(sweep, index, execution)
+        progress.execution_started(
+            hp.executions_per_trial - execution - 1,
+            hp.seed + execution if hp.executions_per_trial > 1 else None)
         metrics, failure = run_execution(
-            hp.replace(seed=hp.seed + execution), workdir, verbose)
+            hp.replace(seed=hp.seed + execution),
+            execution_dir(sweep, index, execution), verbose,
+            logs=train.RunLogs(
+                tensorboard=session_dir(sweep, index, execution, hp),
+                session_group=name, progress=announce and not verbose,
+                single_run=False))
         if failure:
             break
         results.append(metrics)
-    board.write_curves(session, histories(
-        sweep, index, len(results) + bool(failure)))
-    board.end_session(session, failed=bool(failure))
+    progress.trial_ended()
     if failure:
         if announce:
-            print(f"{progress} FAILED: {failure}", flush=True)
+            print(f"{label} FAILED: {failure}", flush=True)
         raise keras_tuner.errors.FailedTrialError(f"{name}: {failure}")
     values = [objective_value(m, sweep.objective) for m in results]
     objective = sum(values) / len(values)
     if announce:
         means = mean_metrics(results)
-        shown = "".join(f", {k} {means[k]:.4g}" for k in (
+        shown = "".join(f", {k} {means[k]:.4f}" for k in (
             "test_accuracy",) if k in means and k != sweep.objective)
-        print(f"{progress} done in {time.time() - began:.0f} s: "
-              f"{sweep.objective} {objective:.4g}{shown}", flush=True)
+        print(f"{label} done in {time.time() - began:.0f} s: "
+              f"{sweep.objective} {objective:.4f}{shown}", flush=True)
     return {sweep.objective: objective}
+
+
+def session_dir(sweep: Sweep, index: int, execution: int, hp) -> str:
+    """An execution's TensorBoard run and HParams session, named by its
+    rule and searched values (`trials/t001-3fa2c1/dfa,lr=0.01/exec0`):
+    one run per execution, grouped by trial in the HParams table."""
+    import board
+    return os.path.join(sweep.trial_dir(index),
+                        board.session_name(hp, sweep.searched),
+                        f"exec{execution}")
 
 
 def describe(hp, searched) -> str:
     """The searched values of a configuration (its rule if none is)."""
-    from board import value_text
+    from hparams import value_text
     return " ".join(f"{n}={value_text(hp[n])}" for n in searched) or \
         f"algorithm={hp['algorithm']}"
 
 
-def histories(sweep: Sweep, index: int, executions: int) -> list:
-    """The history.csv frames of a trial's first `executions` runs."""
-    import pandas as pd
-    paths = [os.path.join(execution_dir(sweep, index, k), "history.csv")
-             for k in range(executions)]
-    return [pd.read_csv(p) for p in paths if os.path.exists(p)]
-
-
-def run_execution(hp, workdir, verbose):
+def run_execution(hp, workdir, verbose, logs=None):
     """(metrics, failure reason or None) of one run, reusing a finished
     one.  A failure is written to failure.json before it is reported."""
     import atomic
@@ -268,7 +279,7 @@ def run_execution(hp, workdir, verbose):
     if metrics is None:
         try:
             metrics = train.train_and_evaluate(hp, workdir, verbose=verbose,
-                                               hparams_session=False)
+                                               logs=logs)
         except Exception as error:  # a trial's crash must not end the sweep
             if storage_error(error, workdir):
                 raise  # the disk's fault, not the trial's: stop the sweep
@@ -278,6 +289,7 @@ def run_execution(hp, workdir, verbose):
             reason = f"{type(error).__name__}: {error}".splitlines()[0]
             atomic.write_json(os.path.join(workdir, "failure.json"),
                               {"reason": reason})
+            train.end_session(logs, workdir, failed=True)
             return None, reason
     if metrics.get("diverged"):
         reason = metrics["diverged_reason"]
@@ -305,7 +317,9 @@ def run_sweep(given, sweep_dir, verbose=True, workers=1):
                          "(or the chief), not for a worker of the "
                          "chief/worker mode")
     folders.check_writable(sweep_dir, "--sweep_dir")
-    check_same_sweep(sweep_dir, space_lib.search_space(given))
+    if not is_worker():
+        folders.check_not_held(sweep_dir)  # (at once: before TensorFlow)
+    check_extends(sweep_dir, space_lib.search_space(given))
     check_records(sweep_dir)
     space, configs = plan_grid(given)
     for dataset in sorted({c["dataset"] for c in configs}):
@@ -334,14 +348,12 @@ def run_sweep(given, sweep_dir, verbose=True, workers=1):
         import board  # (TensorFlow: once the sweep is known to be valid)
         board.write_experiment(os.path.join(sweep_dir, "trials"), space)
     if verbose and not is_worker():
-        print(f"Sweep {sweep_dir} ({sweep.sweep_id}): {len(configs)} "
-              f"configuration(s) over {', '.join(sweep.searched) or 'nothing'}"
-              + (f", {workers} at once" if workers > 1 else ""), flush=True)
+        print(sweep_line(sweep, workers), flush=True)
     faults.point("startup")
     import keras_tuner
     try:
         if workers > 1:
-            launcher.run(tuner, sweep_dir, given, workers, announce=verbose,
+            launcher.run(tuner, sweep, given, workers, announce=verbose,
                          details=details)
         else:
             tuner.search(verbose=1 if details else 0)
@@ -349,8 +361,8 @@ def run_sweep(given, sweep_dir, verbose=True, workers=1):
         if isinstance(error.__cause__, StorageError):
             raise error.__cause__ from None
         raise
-    except launcher.Stop:
-        write_results(sweep)  # what the stopped workers finished
+    except Interrupted:
+        write_results(sweep)  # what the stopped trials finished
         raise
     frame = write_results(sweep)
     if is_worker():
@@ -363,6 +375,15 @@ def run_sweep(given, sweep_dir, verbose=True, workers=1):
     return frame
 
 
+def sweep_line(sweep: Sweep, workers: int) -> str:
+    """'Sweep data/exp (3fa2c1): 4 configurations over batch_norm, lr'."""
+    n = len(sweep.configs)
+    over = (f" over {', '.join(sweep.searched)}" if sweep.searched else "")
+    return (f"Sweep {sweep.path} ({sweep.sweep_id}): {n} configuration"
+            f"{'s' if n != 1 else ''}{over}"
+            + (f", {workers} at once" if workers > 1 else ""))
+
+
 def main(flag_values):
     import launcher
     if launcher.is_launched_worker():
@@ -370,14 +391,9 @@ def main(flag_values):
     if not flag_values.sweep_dir:
         raise UsageError("--sweep_dir is required (where the sweep writes)")
     workers = launcher.parse_workers(flag_values.workers)
-    try:
-        run_sweep(space_lib.given_on_command_line(flag_values),
-                  flag_values.sweep_dir, verbose=launcher.announces(),
-                  workers=workers)
-    except launcher.Stop as stop:  # end as the signal ends a process
-        sys.stdout.flush()
-        signal.signal(stop.signum, signal.SIG_DFL)
-        os.kill(os.getpid(), stop.signum)
+    run_sweep(space_lib.given_on_command_line(flag_values),
+              flag_values.sweep_dir, verbose=launcher.announces(),
+              workers=workers)
 
 
 FLAGS = {"sweep_dir": "Folder of the sweep.",
@@ -389,4 +405,4 @@ FLAGS = {"sweep_dir": "Folder of the sweep.",
 
 if __name__ == "__main__":
     import cli
-    sys.exit(cli.run(sys.argv, main, FLAGS))
+    cli.exit_with(cli.run(sys.argv, main, FLAGS))

@@ -12,10 +12,18 @@ again.  Trials later in a sweep compile anew (measured: two trials of one
 process never share a key, even with identical graphs).
 
 Where: $BPFREE_XLA_CACHE, else $XDG_CACHE_HOME/bpfree/xla (by default
-~/.cache/bpfree/xla), in a subfolder per TensorFlow version and CPU (the
-executables are native code for this CPU's instruction set, and the key
-names neither).  `BPFREE_XLA_CACHE=off` turns it off; deleting the folder
-clears it.  Only CPU executables are cached.
+~/.cache/bpfree/xla), in a subfolder per TensorFlow version and kind of
+CPU, `tf-2.21.0-x86_64-<digest>`: the executables are native code for the
+CPU that compiled them, TensorFlow's key names neither, and XLA loads an
+entry that needs instructions this CPU lacks with only a log line (then
+the process may die by SIGILL).  The digest covers /proc/cpuinfo's
+vendor, family, model, model name, stepping and instruction-set flags (on
+ARM: implementer, architecture, variant, part, revision, features), so no
+entry is ever loaded on another kind of CPU, and a cache folder shared by
+several machines (over NFS) keeps one subfolder per kind.
+`BPFREE_XLA_CACHE=off` turns it off; deleting the folder clears it.  Only
+CPU executables are cached.  Each load logs lines that are harmless:
+stderr_filter.py hides them.
 
 Safety: TensorFlow writes an entry in place, and a truncated entry fails
 every later run of that function (measured: OutOfRangeError), so a
@@ -64,19 +72,30 @@ def tensorflow_version() -> str:
     return "unknown"
 
 
-def cpu_tag() -> str:
-    """The machine and a digest of its CPU's instruction-set flags."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags = line
-                    break
-    except OSError:
-        pass
-    digest = hashlib.sha256(flags.encode()).hexdigest()[:10]
-    return f"{platform.machine()}-{digest}"
+# /proc/cpuinfo's fields that name the CPU and its instruction sets: x86's,
+# then ARM's, then POWER's and s390x's.  (Not its clock, cache, core count,
+# microcode: they change nothing in the code XLA writes.)
+CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping",
+              "flags", "CPU implementer", "CPU architecture", "CPU variant",
+              "CPU part", "CPU revision", "Features", "cpu", "features")
+
+
+def cpu_tag(cpuinfo: str | None = None) -> str:
+    """The machine and a digest of its CPU's model and instruction-set
+    flags (every kind of core, on a machine that has several)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:  # (not Linux)
+            cpuinfo = f"cpu: {platform.processor()}"
+    described = set()
+    for line in cpuinfo.splitlines():
+        name, colon, value = line.partition(":")
+        if colon and name.strip() in CPU_FIELDS:
+            described.add(f"{name.strip()}: {' '.join(value.split())}")
+    digest = hashlib.sha256("\n".join(sorted(described)).encode())
+    return f"{platform.machine()}-{digest.hexdigest()[:10]}"
 
 
 def install() -> None:

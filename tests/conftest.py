@@ -1,4 +1,6 @@
 import os
+import re
+import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,6 +18,31 @@ if "BPFREE_XLA_CACHE" not in os.environ:
 
 
 import pytest  # noqa: E402
+
+
+def repo_copy(tmp_path):
+    """This repository's code, copied (its .venv linked), to edit."""
+    copy = tmp_path / "bpfree"
+    copy.mkdir()
+    for name in os.listdir(ROOT):
+        path = os.path.join(ROOT, name)
+        if name.endswith(".py") or name in ("train.bash", "Pipfile.lock"):
+            shutil.copy2(path, copy / name)
+        elif name == "scripts":
+            shutil.copytree(path, copy / name)
+    os.symlink(os.path.join(ROOT, ".venv"), copy / ".venv")
+    return copy
+
+
+def edit_grid(copy, name, grid):
+    """Writes `grid` (source text) as field `name`'s grid in the copy's
+    hparams.py."""
+    path = copy / "hparams.py"
+    text = path.read_text()
+    start = text.index(f'Field("{name}"')
+    found = re.compile(r"grid=\((?:[^()]|\([^()]*\))*\)").search(text, start)
+    path.write_text(text[:found.start()] + f"grid={grid}" +
+                    text[found.end():])
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,9 @@
 """TensorBoard, started on a sweep folder, serves one HParams session per
-trial with its hyperparameters, named by its rule and searched values, whose
-metrics are its per-epoch train and validation curves (asked over HTTP from
-a real `tensorboard` process, as the dashboard asks); no scalar is a single
-point."""
+execution, named by its rule and searched values, grouped by trial (one
+row per trial, its metrics the mean over the executions), whose metrics
+are its per-epoch train and validation curves at epochs 1, 2, ... (asked
+over HTTP from a real `tensorboard` process, as the dashboard asks); one
+run per execution, no curve written twice; no scalar is a single point."""
 
 import json
 import os
@@ -22,7 +23,8 @@ EPOCHS = 2
 QUICK = {"dataset": ("digits",), "arch": ("8",), "epochs": (EPOCHS,),
          "objective": ("val_loss",), "use_xla": (False,),
          "batch_norm": (False,), "algorithm": ("dfa", "bp"),
-         "lr": (1e-3, 1e-2)}
+         "lr": (1e-3, 1e-2), "executions_per_trial": (2,)}
+EXECUTIONS = 2
 VALIDATION_LOSS = {"group": "validation", "tag": "epoch_loss"}
 
 
@@ -67,8 +69,10 @@ def until_loaded(port, deadline):
         try:
             groups = session_groups(port)
             if len(groups) == 4 and all(
-                    len(metric_evals(port, g["sessions"][0]["name"],
-                                     VALIDATION_LOSS)) == EPOCHS
+                    len(g["sessions"]) == EXECUTIONS and all(
+                        len(metric_evals(port, session["name"],
+                                         VALIDATION_LOSS)) == EPOCHS
+                        for session in g["sessions"])
                     for g in groups):
                 return groups
         except OSError:
@@ -102,40 +106,61 @@ def served(tmp_path_factory):
 def test_tensorboard_lists_every_trial_with_hparams_and_metrics(served):
     sweep, frame, port, groups = served
     assert len(groups) == 4
-    by_trial = {g["sessions"][0]["name"].split("/")[1]: g for g in groups}
+    by_trial = {g["name"]: g for g in groups}
     assert set(by_trial) == set(frame["trial_id"])
-    for _, row in frame.iterrows():
-        group = by_trial[row["trial_id"]]
-        session = group["sessions"][0]["name"]
-        # The session (run) name says the rule and the searched values.
-        assert session == (f"trials/{row['trial_id']}/"
-                           f"{row['algorithm']},lr={row['lr']:g}")
+    for trial, runs in frame.groupby("trial_id"):
+        group = by_trial[trial]
+        row = runs.iloc[0]
+        # One session per execution; its (run) name says the rule and the
+        # searched values.
+        assert sorted(s["name"] for s in group["sessions"]) == [
+            f"trials/{trial}/{row['algorithm']},lr={row['lr']:g}/exec{k}"
+            for k in range(EXECUTIONS)]
         assert group["hparams"]["algorithm"] == row["algorithm"]
         assert group["hparams"]["lr"] == pytest.approx(row["lr"])
         metrics = {(m["name"]["group"], m["name"]["tag"]): m["value"]
                    for m in group["metricValues"]}
-        # The table's value is the curve's last epoch: the final val_loss.
+        # The table's value is the mean over the executions of each one's
+        # last epoch: the final val_loss.
         assert metrics[("validation", "epoch_loss")] == pytest.approx(
-            row["val_loss"], rel=1e-5)
+            runs["val_loss"].mean(), rel=1e-5)
         assert ("train", "epoch_accuracy") in metrics
-        assert group["sessions"][0]["status"] == "STATUS_SUCCESS"
+        assert {s["status"] for s in group["sessions"]} == {"STATUS_SUCCESS"}
 
 
-def test_each_session_links_to_its_per_epoch_curves(served):
+def test_each_session_links_to_its_per_epoch_curves_from_epoch_1(served):
     sweep, frame, port, groups = served
     assert len(groups) == 4
     for group in groups:
-        session = group["sessions"][0]["name"]
-        trial = session.split("/")[1]
-        history = pd.read_csv(os.path.join(sweep, "trials", trial, "exec0",
-                                           "history.csv"))
-        for metric, column in ((VALIDATION_LOSS, "val_loss"),
-                               ({"group": "train", "tag": "epoch_loss"},
-                                "loss")):
-            series = metric_evals(port, session, metric)
-            assert [step for _, step, _ in series] == list(range(EPOCHS))
-            assert [value for _, _, value in series] == pytest.approx(
-                history[column].tolist(), rel=1e-6)
+        for session in group["sessions"]:
+            trial, execution = session["name"].split("/")[1::2]
+            history = pd.read_csv(os.path.join(sweep, "trials", trial,
+                                               execution, "history.csv"))
+            for metric, column in ((VALIDATION_LOSS, "val_loss"),
+                                   ({"group": "train", "tag": "epoch_loss"},
+                                    "loss")):
+                series = metric_evals(port, session["name"], metric)
+                assert [step for _, step, _ in series] == list(
+                    range(1, EPOCHS + 1))
+                assert [value for _, _, value in series] == pytest.approx(
+                    history[column].tolist(), rel=1e-6)
+
+
+def test_one_run_per_execution_and_no_curve_twice(served):
+    """The folders TensorBoard lists as runs (those holding event files):
+    the experiment, and per execution its session with its train and
+    validation curves; nothing else."""
+    sweep, frame, port, groups = served
+    runs = sorted(os.path.relpath(folder, sweep)
+                  for folder, _, files in os.walk(sweep)
+                  if any(f.startswith("events.out.") for f in files))
+    expected = ["trials"]
+    for _, row in frame.iterrows():
+        session = (f"trials/{row['trial_id']}/{row['algorithm']},"
+                   f"lr={row['lr']:g}/exec{row['execution']}")
+        expected += [session, f"{session}/train", f"{session}/validation"]
+    assert runs == sorted(expected)
+    assert len(frame) == 4 * EXECUTIONS
 
 
 def test_no_scalar_is_a_single_point(served):

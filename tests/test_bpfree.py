@@ -61,3 +61,50 @@ def test_saved_model_loads_after_import_bpfree_from_another_folder(
     np.testing.assert_array_equal(
         bpfree.load_model(os.path.join(workdir, "model.keras")).predict(
             x, verbose=0), expected)
+
+
+EVALUATE = """
+import json, sys
+sys.path.insert(0, {root!r})
+import bpfree
+import keras
+import numpy as np
+workdir, data_dir = sys.argv[1], sys.argv[2]
+model, hparams = bpfree.load_run(workdir)
+with np.load(data_dir + "/mnist.npz") as f:
+    x, labels = f["x_test"], f["y_test"]     # raw pixels, class ids
+x = bpfree.inputs(x, hparams, data_dir=data_dir)
+results = {{
+    "ids": model.evaluate(x, labels, verbose=0, return_dict=True),
+    "ids (N, 1)": model.evaluate(x, labels[:, None], verbose=0,
+                                 return_dict=True),
+    "one-hot": model.evaluate(x, keras.utils.to_categorical(labels, 10),
+                              verbose=0, return_dict=True)}}
+print(json.dumps({{k: v["accuracy"] for k, v in results.items()}}))
+"""
+
+
+def test_a_loaded_model_evaluates_with_the_files_labels_or_one_hot(
+        tmp_path):
+    """README, "Loading a model": in a fresh process, raw MNIST test images
+    scaled as in training, evaluated with the class ids mnist.npz holds and
+    with one-hot labels, give the run's recorded test accuracy."""
+    from conftest import SHARED_DATA
+    if not os.path.exists(os.path.join(SHARED_DATA, "mnist.npz")):
+        import pytest
+        pytest.skip("no shared MNIST")
+    hp = hparams.make(dataset="mnist", data_dir=SHARED_DATA, arch="32",
+                      examples_frac=0.05, epochs=1, objective="loss",
+                      scaler="standard")
+    workdir = str(tmp_path / "run")
+    metrics = train.train_and_evaluate(hp, workdir, verbose=0)
+    result = subprocess.run(
+        [sys.executable, "-c", EVALUATE.format(root=ROOT), workdir,
+         os.path.abspath(SHARED_DATA)], cwd=tmp_path, capture_output=True,
+        text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+    accuracy = json.loads(result.stdout.splitlines()[-1])
+    assert accuracy == {"ids": metrics["test_accuracy"],
+                        "ids (N, 1)": metrics["test_accuracy"],
+                        "one-hot": metrics["test_accuracy"]}

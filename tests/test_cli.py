@@ -19,7 +19,7 @@ import space
 import report
 import train
 import tune
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, edit_grid, repo_copy
 
 FMNIST = os.path.join(SHARED_DATA, "fashion-mnist")
 
@@ -368,6 +368,113 @@ def test_train_bash_refuses_a_damaged_file_once(tmp_path, bad_data):
         "replace it with the original file"]
     assert result.stdout == ""
     assert not sweep.exists()
+
+
+# --- hparams.py, edited -------------------------------------------------------
+
+HPARAMS_EDITS = {  # case: (field, the grid written in hparams.py, the line)
+    "a string in a float grid": (
+        "lr", '(1e-3, 1e-2, "0.1")', "hparams.py: lr's grid holds '0.1': a "
+        "str, but lr takes float values (write 0.1)"),
+    "a choice outside the field's list": (
+        "activation", '("tanh", "gelu")', "hparams.py: activation's grid "
+        "holds 'gelu': unknown activation 'gelu' (valid: tanh, relu, lrelu, "
+        "swish, sigmoid)"),
+    "an empty grid": (
+        "lr", "()", "hparams.py: lr's grid is empty (give one value or more, "
+        "or remove grid= to use the default)"),
+    "a duplicate value": (
+        "lr", "(1e-3, 1e-2, 1e-3)", "hparams.py: lr's grid holds 0.001 twice "
+        "(give each value once)"),
+}
+
+
+@pytest.mark.parametrize("case", HPARAMS_EDITS)
+def test_an_edited_grid_is_checked_like_a_flag(case, tmp_path, capsys,
+                                               monkeypatch):
+    """In-process, through both entry points: one line, exit 2, nothing
+    written."""
+    import dataclasses
+    name, grid, expected = HPARAMS_EDITS[case]
+    edited = dataclasses.replace(hparams.FIELDS_BY_NAME[name],
+                                 grid=eval(grid))
+    monkeypatch.setattr(hparams, "FIELDS", tuple(
+        edited if f.name == name else f for f in hparams.FIELDS))
+    for entry, main, flags, folder in (
+            ("train.py", train.main, train.FLAGS, "--workdir"),
+            ("tune.py", tune.main, tune.FLAGS, "--sweep_dir")):
+        out = tmp_path / entry
+        status = cli.run([entry, f"{folder}={out}"], main, flags)
+        assert refused(capsys, status, out) == f"error: {expected}"
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".venv")),
+                    reason="train.bash needs the project's .venv")
+@pytest.mark.parametrize("case", HPARAMS_EDITS)
+def test_train_bash_refuses_an_edited_grid_once(case, tmp_path):
+    """The user's way: hparams.py edited, then train.bash: one line on
+    stderr, exit 2, no restart, no sweep folder; before TensorFlow loads
+    (a second at most)."""
+    name, grid, expected = HPARAMS_EDITS[case]
+    copy = repo_copy(tmp_path)
+    edit_grid(copy, name, grid)
+    sweep = tmp_path / "exp"
+    env = {k: v for k, v in os.environ.items() if k != "BPFREE_VERBOSE"}
+    result = subprocess.run([str(copy / "train.bash"), str(sweep)],
+                            capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {expected}"]
+    assert result.stdout == ""
+    assert not sweep.exists()
+
+
+NO_TENSORFLOW = """
+import sys
+sys.path.insert(0, {root!r})
+import cli, train, tune
+entry = sys.argv[1]
+main, flags = ((train.main, train.FLAGS) if entry == "train.py"
+               else (tune.main, tune.FLAGS))
+status = cli.run([entry, *sys.argv[2:]], main, flags)
+print(status, "tensorflow" in sys.modules)
+"""
+
+
+def test_refusals_that_need_no_tensorflow_come_before_it(small_sweep,
+                                                          tmp_path):
+    """A finished --workdir, a sweep folder in use and a sweep rerun with a
+    changed setting are refused before TensorFlow is imported (at once,
+    not after its 5 s import and the data)."""
+    import folders
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "metrics.json").write_text("{}")
+    held = tmp_path / "held"
+    lock = folders.hold_sweep(str(held))
+    sweep = str(tmp_path / "sweep")
+    shutil.copytree(small_sweep, sweep)
+    same = ["--dataset=digits", "--arch=8", "--objective=loss",
+            "--use_xla=false", "--batch_norm=false", "--algorithm=dfa",
+            "--lr=1e-2"]
+    cases = {
+        "finished": (["train.py", f"--workdir={finished}"],
+                     "already holds a finished run"),
+        "in use": (["tune.py", f"--sweep_dir={held}"],
+                   "is in use by another sweep (pid "),
+        "changed": (["tune.py", f"--sweep_dir={sweep}", *same, "--epochs=2"],
+                    "holds another sweep (epochs was 1, now 2)"),
+    }
+    try:
+        for case, (args, words) in cases.items():
+            result = subprocess.run(
+                [sys.executable, "-c", NO_TENSORFLOW.format(root=ROOT),
+                 *args], capture_output=True, text=True, timeout=120)
+            assert result.stdout.split() == ["2", "False"], (case, result)
+            err = result.stderr.splitlines()
+            assert len(err) == 1 and words in err[0], (case, err)
+    finally:
+        lock.release()
 
 
 def test_flags_and_tuner_names_are_the_fields():

@@ -266,7 +266,7 @@ def test_killed_mid_epoch_ends_bit_identical_with_the_same_rates(tmp_path):
     a = json.loads((whole / "metrics.json").read_text())
     b = json.loads((killed / "metrics.json").read_text())
     for key, value in a.items():
-        if key != "train_seconds":
+        if key not in ("train_seconds", "compile_seconds"):
             assert b[key] == value, key
     history = pd.read_csv(killed / "history.csv")
     cosine = [0.05 * (1 + math.cos(math.pi * k / 3)) / 2 for k in range(3)]

@@ -116,8 +116,9 @@ def test_a_rerun_with_another_grid_is_refused(tmp_path):
          *flags, "--lr=1e-2"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        f"error: {sweep} holds another sweep (other lr); rerun it with "
-        f"the flags in {sweep}/sweep.json or use a new folder"]
+        f"error: {sweep} holds another sweep (lr was 0.001, now 0.01): a "
+        "sweep folder takes more values of a setting, not other ones; rerun "
+        f"it with the flags in {sweep}/sweep.json or use a new folder"]
 
 
 def test_a_diverging_trial_is_failed_with_its_reason_and_the_sweep_goes_on(

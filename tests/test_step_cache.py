@@ -33,6 +33,7 @@ def run_trials(tmp_path, label, settings, reuse, monkeypatch, before=None,
             before(i)
         metrics = train.train_and_evaluate(hp, workdir, verbose=0)
         metrics.pop("train_seconds")
+        metrics.pop("compile_seconds")  # (reuse: nothing to compile)
         history = pd.read_csv(os.path.join(workdir, "history.csv"))
         history = history.drop(columns=[c for c in history.columns
                                         if "seconds" in c or "time" in c])

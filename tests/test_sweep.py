@@ -1,5 +1,6 @@
 """A grid sweep end to end on the embedded digits data."""
 
+import glob
 import os
 
 import pandas as pd
@@ -25,7 +26,9 @@ def test_sweep_runs_the_grid_writes_results_and_resumes(tmp_path):
     for trial_id in frame["trial_id"]:
         run = os.path.join(sweep, "trials", str(trial_id), "exec0")
         assert os.path.exists(os.path.join(run, "metrics.json"))
-        assert os.listdir(os.path.join(run, "tensorboard"))
+        # Its TensorBoard run: trials/<trial>/<rule,values>/exec0.
+        assert glob.glob(os.path.join(sweep, "trials", str(trial_id), "*",
+                                      "exec0", "train", "events.out.*"))
     # A rerun of the same command finds nothing left to do.
     mtimes = {t: os.path.getmtime(os.path.join(
         sweep, "trials", str(t), "exec0", "metrics.json"))

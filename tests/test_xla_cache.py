@@ -1,9 +1,11 @@
 """XLA's persistent compilation cache (xla_cache.py): a second process
 that compiles the same functions loads them and computes the same bits;
-nothing half written ever reaches the shared folder."""
+nothing half written ever reaches the shared folder; no entry is loaded on
+another kind of CPU."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -24,6 +26,7 @@ def single_run(workdir, cache):
     with open(os.path.join(workdir, "metrics.json")) as f:
         metrics = json.load(f)
     metrics.pop("train_seconds")
+    metrics.pop("compile_seconds")
     return metrics
 
 
@@ -90,3 +93,65 @@ def test_a_worker_gets_a_folder_of_its_own_and_the_cache_keeps_its_size(
         os.utime(path, (1000 + age, 1000 + age))
     xla_cache.prune(str(tmp_path), max_bytes=250)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.pb", "new.pb"]
+
+
+X86 = """\
+processor\t: {n}
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+stepping\t: 1
+microcode\t: 0x1000065
+cpu MHz\t\t: {mhz}
+cpu cores\t: {cores}
+flags\t\t: fpu sse2 avx2 fma avx512f
+bogomips\t: 5192.29
+
+"""
+ARM = """\
+processor\t: {n}
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimddp
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x3
+CPU part\t: 0xd0c
+CPU revision\t: 1
+
+"""
+
+
+def cpuinfo(block, changed=(), cores=2, mhz=2596.148):
+    """/proc/cpuinfo of `cores` cores like `block`, with `changed` fields
+    ((name, value) pairs)."""
+    for name, value in changed:
+        block = re.sub(rf"^({name}\s*: ).*$",
+                       lambda m: m.group(1) + value, block, flags=re.M)
+    return "".join(block.format(n=n, mhz=mhz + n, cores=cores)
+                   for n in range(cores))
+
+
+def test_the_cache_is_kept_per_kind_of_cpu():
+    for block in (X86, ARM):
+        tag = xla_cache.cpu_tag(cpuinfo(block))
+        assert re.fullmatch(r"\w+-[0-9a-f]{10}", tag)
+        # The same CPU: another clock, more cores, newer microcode.
+        assert xla_cache.cpu_tag(cpuinfo(
+            block, [("microcode", "0x1000070")], cores=8, mhz=3400.0)) == tag
+    # Another CPU: any field that names it (the same flags on another model
+    # shared a folder before).
+    x86 = xla_cache.cpu_tag(cpuinfo(X86))
+    for field in [("vendor_id", "GenuineIntel"), ("cpu family", "6"),
+                  ("model", "1"), ("model name", "AMD EPYC 9654"),
+                  ("stepping", "2"), ("flags", "fpu sse2 avx2 fma")]:
+        assert xla_cache.cpu_tag(cpuinfo(X86, [field])) != x86, field
+    arm = xla_cache.cpu_tag(cpuinfo(ARM))
+    for field in [("CPU implementer", "0x61"), ("CPU part", "0xd40"),
+                  ("CPU variant", "0x1"), ("CPU revision", "2"),
+                  ("Features", "fp asimd")]:
+        assert xla_cache.cpu_tag(cpuinfo(ARM, [field])) != arm, field
+    # Cores of two kinds (big.LITTLE): both count.
+    little = cpuinfo(ARM, [("CPU part", "0xd05")])
+    assert xla_cache.cpu_tag(cpuinfo(ARM) + little) not in (
+        arm, xla_cache.cpu_tag(little))
