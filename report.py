@@ -206,7 +206,8 @@ def markdown(sweep: Sweep, table: pd.DataFrame) -> str:
     columns = ["trial", *sweep.searched, "runs", *metrics, *tracked,
                "failure"]
     several = bool(len(table)) and table["completed"].max() >= 2
-    summary = (f"{len(table)} configuration(s), best first by `"
+    n = len(table)
+    summary = (f"{n} configuration{'s' if n != 1 else ''}, best first by `"
                f"{sweep.objective}`; "
                + ("mean ± std over the finished executions of each."
                   if several else "one execution each."))

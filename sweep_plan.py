@@ -166,7 +166,7 @@ def new_configs(plan, configs, sweep_dir) -> list:
     if not planned <= wanted:
         raise UsageError(
             f"{sweep_dir} holds another sweep ({len(planned - wanted)} of "
-            f"its {len(planned)} configuration(s) are not in this grid); "
+            f"its {len(planned)} configurations are not in this grid); "
             f"rerun it with the flags in "
             f"{os.path.join(sweep_dir, SWEEP_FILE)} or use a new folder")
     return [c for c in configs if values_hash(c) not in planned]

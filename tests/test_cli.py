@@ -477,6 +477,18 @@ def test_refusals_that_need_no_tensorflow_come_before_it(small_sweep,
         lock.release()
 
 
+def test_help_texts_end_cleanly_and_agree_with_the_readme():
+    """--tracker's help is ours alone (absl appended ';' and a line of its
+    own); --augment's keys are the README's."""
+    flag_values = cli.make_flags({})
+    assert flag_values["tracker"].help.endswith("Default: none.")
+    augment = " ".join(flag_values["augment"].help.split())
+    assert "keyed by (seed, epoch, batch)" in augment
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert "Draws are keyed by (seed, epoch, batch)" in " ".join(
+            f.read().split())
+
+
 def test_flags_and_tuner_names_are_the_fields():
     flag_values = cli.make_flags({})
     for field in hparams.FIELDS:

@@ -50,9 +50,11 @@ def stopped(group: int) -> bool:
     return False
 
 
-def interrupted(command, signum, timeout=300):
+def interrupted(command, signum, timeout=300, group=True):
     """Runs `command` until it stops itself mid-epoch, sends `signum` to
-    its process group, lets it go on; returns the CompletedProcess."""
+    its process group (`group`: as a terminal does), or else to the
+    command's own process alone, lets it go on; returns the
+    CompletedProcess."""
     env = {**os.environ, "BPFREE_STOP_AT": SECOND_EPOCH}
     for name in ("BPFREE_KILL_AT", "BPFREE_VERBOSE"):
         env.pop(name, None)
@@ -64,7 +66,11 @@ def interrupted(command, signum, timeout=300):
         assert process.poll() is None, process.communicate()
         assert time.time() < deadline, "it never reached the stop point"
         time.sleep(0.1)
-    os.killpg(process.pid, signum)
+    if group:
+        os.killpg(process.pid, signum)
+    else:
+        os.kill(process.pid, signum)
+        time.sleep(0.5)  # (bash runs its trap once its wait returns)
     os.killpg(process.pid, signal.SIGCONT)
     out, err = process.communicate(timeout=timeout)
     return subprocess.CompletedProcess(command, process.returncode, out, err)
@@ -165,3 +171,17 @@ def test_ctrl_c_on_a_sweep_says_where_and_the_rerun_ends_exactly(tmp_path):
                 for name in os.listdir(os.path.join(folder, "trials"))
                 if name.startswith(trial)]
         assert_same_run(*runs)
+
+
+@HAS_VENV
+def test_sigterm_to_train_bash_alone_reaches_the_sweep(tmp_path):
+    """A job scheduler's SIGTERM goes to train.bash only: it passes it on,
+    the sweep stops with its line, and train.bash ends by SIGTERM too."""
+    sweep = str(tmp_path / "sweep")
+    result = interrupted([os.path.join(ROOT, "train.bash"), sweep, *SWEEP],
+                         signal.SIGTERM, group=False)
+    assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        "stopped by SIGTERM in trial [1/2], epoch 2/2 (0 of 2 trials done); "
+        "rerun the same command to continue: finished trials are kept and "
+        "this one resumes from its last finished epoch (1)"]
