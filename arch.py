@@ -340,17 +340,3 @@ PRESETS: dict[str, Preset] = {
     "lenet5": Preset("6C5v-P2-16C5v-P2-120C5v-84",
                      "biotorch models/le_net.py", (32, 32, 1)),
 }
-
-
-# --- Defaults per dataset -----------------------------------------------------
-
-# Grey digit images keep the MLP; colour images get the DKP reference's CNN
-# (the network of the headline CIFAR comparison), which fits any image of
-# at least 6×6 pixels (eurosat and caltech256 are 64×64).
-DEFAULT_ARCH = {"digits": "256-256", "mnist": "256-256", "fmnist": "256-256",
-                "cifar10": "dkp_cifar10", "cifar100": "dkp_cifar10",
-                "eurosat": "dkp_cifar10", "caltech256": "dkp_cifar10"}
-
-
-def default_for(dataset: str) -> str:
-    return DEFAULT_ARCH.get(dataset, "256-256")

@@ -1,5 +1,6 @@
-"""Command-line entry points: flags generated from hparams.py, and every bad
-input reported as one line (`error: ...`) with exit status 2 (the other
+"""Command-line entry points: one absl flag per field of hparams.py (same
+name), the values the command line gives, and every bad input reported as
+one line (`error: ...`) with exit status 2 (the other
 statuses: errors.py).  `-v`/`--verbose` (or BPFREE_VERBOSE=1) shows the
 details that are hidden by default (quiet.py).
 
@@ -17,10 +18,10 @@ import signal
 import sys
 from typing import Callable
 
-import space as space_lib
 import quiet
 from errors import (Interrupted, RunFailed, StorageError, UsageError,
                     WorkerStopped, storage_error)
+from hparams import FIELDS
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -30,7 +31,7 @@ def make_flags(extra: dict[str, str]):
     (name: help) string flags."""
     from absl import flags
     flag_values = flags.FlagValues()
-    space_lib.define_flags(flag_values)
+    define_flags(flag_values)
     for name, help_text in extra.items():
         flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
     flags.DEFINE_boolean(
@@ -39,6 +40,48 @@ def make_flags(extra: dict[str, str]):
         f"(also ${quiet.VERBOSE_ENV}=1).", short_name="v",
         flag_values=flag_values)
     return flag_values
+
+
+def define_flags(flag_values=None) -> None:
+    """Defines one absl flag per field (idempotent)."""
+    from absl import flags
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    for field in FIELDS:
+        if field.name in flag_values:
+            continue
+        choices = f" One of: {', '.join(map(str, field.choices))}, or all." \
+            if field.choices else ""
+        if field.multiple:
+            choices = f" Any of: {', '.join(field.choices)}; all or none."
+        grid = f" Sweep grid: {','.join(map(str, field.grid))}." \
+            if field.grid else ""
+        default = field.default_text or (
+            field.default if field.default != "" else "none")
+        help_text = f"{field.help}{choices} Default: {default}.{grid}"
+        if field.multiple:  # repeatable: its value is a list of strings
+            flag = flags.MultiFlag(
+                flags.ArgumentParser(), flags.ArgumentSerializer(),
+                field.name, None, help_text)
+            flag.help = help_text  # (absl appends its own "repeat" line)
+        else:
+            flag = flags.Flag(
+                flags.ArgumentParser(), flags.ArgumentSerializer(),
+                field.name, None, help_text, boolean=field.type is bool)
+        flags.DEFINE_flag(flag, flag_values)
+
+
+def given_on_command_line(flag_values=None) -> dict[str, tuple]:
+    """The fields set on the command line, each as its tuple of values."""
+    from absl import flags
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    given = {}
+    for field in FIELDS:
+        text = flag_values[field.name].value
+        if isinstance(text, list):  # a repeated (multiple) field
+            text = ",".join(text)
+        if text is not None:
+            given[field.name] = field.parse(str(text))
+    return given
 
 
 def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:

@@ -28,8 +28,6 @@ class Data:
     test: object
     input_shape: tuple
     target_dim: int
-    num_classes: int
-    train_size: int
     steps_per_epoch: int
     mean_image_test_loss: float  # MSE of predicting the mean training image
     epoch: object = None  # tf.Variable: the epoch whose order `train` yields
@@ -159,8 +157,6 @@ def load(hp) -> Data:
                      else tuple(x_tr.shape[1:])),
         target_dim=(arrays.num_classes if classify
                     else int(np.prod(x_tr.shape[1:]))),
-        num_classes=arrays.num_classes,
-        train_size=int(x_tr.shape[0]),
         steps_per_epoch=-(-int(x_tr.shape[0]) // hp["batch_size"]),
         mean_image_test_loss=arrays.baseline,
         epoch=epoch)

@@ -1,15 +1,11 @@
-"""Raw datasets as numpy arrays, read from a data folder.
+"""The datasets: what each is (`SPECS`, the one table of them: its images,
+classes, default arch, files and loader) and its raw arrays, read from a
+data folder.
 
 The folder is `--data_dir`, else $BPFREE_DATA_DIR, else Keras' cache (where
-Keras downloads what is absent):
-
-    digits      scikit-learn's embedded 8×8 digits (no files, works offline)
-    mnist       mnist.npz (Keras layout)
-    fmnist      fashion-mnist/*-ubyte.gz (the four original files)
-    cifar10     cifar-10-batches-py/ or cifar-10-python.tar.gz (Keras' files)
-    cifar100    cifar-100-python/ or cifar-100-python.tar.gz
-    eurosat     tensorflow-datasets' eurosat/rgb in <dir> (tfds' data_dir)
-    caltech256  256_ObjectCategories/ (one folder per class, clutter left out)
+Keras downloads what is absent).  Everything else that knows datasets (the
+`--dataset` flag's choices, the checks of an arch against the images, the
+default arch) reads SPECS: adding a dataset is a loader and a row here.
 
 TensorFlow-free except where a loader needs it (eurosat, caltech256, Keras'
 downloads); arrays are read once per process (`load_arrays`).
@@ -25,11 +21,13 @@ import pickle
 import tarfile
 import zipfile
 import zlib
+from typing import Callable
 
 import numpy as np
 
-import hparams as hparams_lib
 from errors import DataError, UsageError
+
+DATA_DIR_ENV = "BPFREE_DATA_DIR"
 
 
 @dataclasses.dataclass
@@ -51,15 +49,19 @@ def _keras_cache_dir() -> str:
                         "datasets")
 
 
+def data_dir(hp) -> str:
+    """The data folder: --data_dir, else $BPFREE_DATA_DIR, else ''."""
+    return hp["data_dir"] or os.environ.get(DATA_DIR_ENV, "")
+
+
 def resolve_dir(hp) -> tuple[str, bool]:
     """(folder, explicit): explicit when the user named it."""
-    folder = hparams_lib.data_dir(hp)
+    folder = data_dir(hp)
     return (folder, True) if folder else (_keras_cache_dir(), False)
 
 
 def _missing(dataset, path, explicit):
-    where = "--data_dir/$" + hparams_lib.DATA_DIR_ENV if explicit else \
-        "Keras' cache"
+    where = "--data_dir/$" + DATA_DIR_ENV if explicit else "Keras' cache"
     return DataError(f"{dataset}: data file '{path}' not found (looked in "
                      f"{where}); put the file there or point --data_dir at "
                      "the folder holding it")
@@ -332,21 +334,57 @@ def load_caltech256(folder, explicit) -> Arrays:
     return Arrays(x_tr, y_tr, x_te, y_te, 255.0, len(classes))
 
 
-LOADERS = {"digits": load_digits, "mnist": load_mnist, "fmnist": load_fmnist,
-           "cifar10": load_cifar("cifar10"),
-           "cifar100": load_cifar("cifar100"),
-           "eurosat": load_eurosat, "caltech256": load_caltech256}
+# --- The table ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is, known without its files (so that flags and archs
+    are checked before anything is read)."""
+
+    shape: tuple  # (H, W, C) of the images the loader gives
+    classes: int
+    default_arch: str  # trained when --arch is not given
+    files: str  # what the data folder holds (README, errors)
+    load: Callable[[str, bool], Arrays]  # (folder, explicit) -> Arrays
+
+
+# Grey images keep the MLP; colour images get the DKP reference's CNN (the
+# network of the headline CIFAR comparison), which fits any image of at
+# least 6×6 pixels.
+SPECS = {
+    "digits": DatasetSpec((8, 8, 1), 10, "256-256", "nothing: "
+                          "scikit-learn's embedded 8×8 digits (offline)",
+                          load_digits),
+    "mnist": DatasetSpec((28, 28, 1), 10, "256-256",
+                         "mnist.npz (Keras layout)", load_mnist),
+    "fmnist": DatasetSpec((28, 28, 1), 10, "256-256", "fashion-mnist/ or "
+                          "the folder itself: the four original "
+                          "*-ubyte.gz", load_fmnist),
+    "cifar10": DatasetSpec((32, 32, 3), 10, "dkp_cifar10",
+                           "cifar-10-batches-py/ or cifar-10-python.tar.gz",
+                           load_cifar("cifar10")),
+    "cifar100": DatasetSpec((32, 32, 3), 100, "dkp_cifar10",
+                            "cifar-100-python/ or cifar-100-python.tar.gz",
+                            load_cifar("cifar100")),
+    "eurosat": DatasetSpec((64, 64, 3), 10, "dkp_cifar10", "tensorflow-"
+                           "datasets' eurosat/rgb (the folder is tfds' "
+                           "data_dir)", load_eurosat),
+    "caltech256": DatasetSpec((*CALTECH_IMAGE_SIZE, 3), 256, "dkp_cifar10",
+                              "256_ObjectCategories/ (one folder per class; "
+                              "resized to 64×64)", load_caltech256),
+}
 
 
 def load_arrays(hp) -> Arrays:
     """The raw arrays of hp's dataset (read once per process: the trials of
     a sweep share them)."""
-    if hp["dataset"] not in LOADERS:
+    if hp["dataset"] not in SPECS:
         raise UsageError(f"unknown dataset '{hp['dataset']}' "
-                         f"(valid: {', '.join(LOADERS)})")
+                         f"(valid: {', '.join(SPECS)})")
     return _cached_arrays(hp["dataset"], *resolve_dir(hp))
 
 
 @functools.lru_cache(maxsize=2)
 def _cached_arrays(dataset, folder, explicit) -> Arrays:
-    return LOADERS[dataset](folder, explicit)
+    return SPECS[dataset].load(folder, explicit)

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import time
 
-import space as space_lib
 from errors import Interrupted, UsageError, WorkerStopped
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,7 +110,7 @@ def check_round_trip(given: dict, flags: list[str]) -> None:
     import cli
     flag_values = cli.make_flags({"sweep_dir": "", "workers": ""})
     flag_values(["tune.py", *flags])
-    if space_lib.given_on_command_line(flag_values) != dict(given):
+    if cli.given_on_command_line(flag_values) != dict(given):
         raise RuntimeError(f"the workers' flags {flags} do not give the "
                            "sweep's settings back")
 
@@ -152,9 +151,10 @@ def run(tuner, sweep, given: dict, workers: int,
             "KERASTUNER_ORACLE_PORT": str(port)}
     if not announce:
         base[QUIET_ENV] = "1"
-    pool = Pool([sys.executable, os.path.join(HERE, "tune.py"), *flags],
-                [{**base, **worker_environment(k + 1, workers, gpus, cores)}
-                 for k in range(workers)])
+    pool = WorkerPool(
+        [sys.executable, os.path.join(HERE, "tune.py"), *flags],
+        [{**base, **worker_environment(k + 1, workers, gpus, cores)}
+         for k in range(workers)])
     try:
         pool.start_all()
         pool.wait()
@@ -175,7 +175,7 @@ def max_restarts() -> int:
     return int(os.environ.get("BPFREE_MAX_RESTARTS", "5"))
 
 
-class Pool:
+class WorkerPool:
     """The worker processes: started, restarted after a crash, stopped."""
 
     def __init__(self, command, environments):

@@ -38,10 +38,6 @@ def feedback_initializer(name: str, seed: int, fan_in: int):
                                    "config": {"seed": seed}})
 
 
-FORWARD_INITS = ("glorot_uniform", "torch", "he_uniform", "he_normal",
-                 "lecun_normal", "orthogonal")
-
-
 def kernel_initializer(init: str):
     """The forward kernels' initializer (`--init`), seeded by Keras' global
     seed (`keras.utils.set_random_seed`) like every other weight.

@@ -40,11 +40,11 @@ import sys
 import pandas as pd
 
 import atomic
-import tracker_plots
 import hparams as hparams_lib
 import report_plots
+import tracker_plots
 from errors import UsageError
-from sweep_results import number_format
+from sweep_results import SweepRecords, load_records, number_format
 
 METRICS = ("test_accuracy", "test_loss", "val_loss", "val_accuracy", "loss",
            "accuracy", "train_seconds", "compile_seconds")
@@ -57,87 +57,10 @@ TRACKED = (("bp_cosine", "hidden"), ("signal_cosine", "hidden"),
            ("weight_alignment", "all"))
 
 
-# --- The sweep's records ------------------------------------------------------
-
-
-def check_records(sweep_dir: str) -> dict:
-    """The sweep's plan (sweep.json), after checking that it and every
-    run's metrics.json and failure.json can be read (tune.py's checks, the
-    ones a rerun of the sweep makes)."""
-    import tune
-    plan = tune.read_plan(sweep_dir)
-    if plan is None:
-        raise UsageError(f"{sweep_dir} is not a sweep folder (no "
-                         f"{tune.SWEEP_FILE})")
-    tune.check_records(sweep_dir)
-    return plan
-
-
-def read_history(path: str) -> pd.DataFrame | None:
-    if not os.path.exists(path):
-        return None
-    try:
-        return pd.read_csv(path)
-    except (OSError, ValueError) as error:  # (pandas' parser errors)
-        raise UsageError(f"{path} is damaged ({type(error).__name__}); "
-                         f"remove the run's folder ({os.path.dirname(path)})"
-                         " and rerun the sweep to redo that run") from None
-
-
-@dataclasses.dataclass
-class Sweep:
-    """What the report shows: the sweep's plan and its runs so far."""
-
-    path: str
-    plan: dict
-    executions: pd.DataFrame  # one row per run (tune.results_table)
-    searched: list  # fields that vary (the rule always)
-    tracked: bool  # whether trackers ran
-
-    @property
-    def objective(self) -> str:
-        return self.plan["objective"]
-
-    @property
-    def pinned(self) -> dict:
-        """The fields with one value in the sweep."""
-        return {name: values[0] for name, values in self.plan["space"].items()
-                if len(values) == 1}
-
-    def history_frames(self, trial_id) -> list[pd.DataFrame]:
-        runs = self.executions[(self.executions["trial_id"] == trial_id)
-                               & (self.executions["status"] == "COMPLETED")]
-        frames = []
-        for _, run in runs.iterrows():
-            frame = read_history(os.path.join(
-                self.path, "trials", trial_id, f"exec{run['execution']}",
-                "history.csv"))
-            if frame is not None:
-                frames.append(frame)
-        return frames
-
-
-def load(sweep_dir: str) -> Sweep:
-    """The sweep's records, checked; refuses a folder with no run yet."""
-    import tune
-    if not os.path.isdir(sweep_dir):
-        raise UsageError(f"{sweep_dir}: no such folder")
-    plan = check_records(sweep_dir)
-    executions = tune.results_table(sweep_dir)
-    if executions.empty:
-        raise UsageError(f"{sweep_dir}: no trial has started yet")
-    space = plan["space"]
-    searched = [n for n, v in space.items() if len(v) > 1]
-    searched = sorted(set(searched) | {"algorithm"}, key=[*space].index)
-    tracked = bool(hparams_lib.FIELDS_BY_NAME["tracker"].parse_set(
-        (space.get("tracker") or [""])[0] or ""))
-    return Sweep(sweep_dir, plan, executions, searched, tracked)
-
-
 # --- The table ----------------------------------------------------------------
 
 
-def tracker_values(sweep: Sweep, trial_id) -> list[dict]:
+def tracker_values(sweep: SweepRecords, trial_id) -> list[dict]:
     """Per finished run of the trial, the last epoch's tracker families
     (mean over the layers tracker_plots.PLOTTED averages)."""
     values = []
@@ -151,7 +74,7 @@ def tracker_values(sweep: Sweep, trial_id) -> list[dict]:
     return values
 
 
-def configuration_table(sweep: Sweep) -> pd.DataFrame:
+def configuration_table(sweep: SweepRecords) -> pd.DataFrame:
     """One row per trial: its searched values, how many executions finished,
     and mean and std of each final metric (and tracker) over them."""
     rows = []
@@ -178,7 +101,7 @@ def configuration_table(sweep: Sweep) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def header(sweep: Sweep) -> list[str]:
+def header(sweep: SweepRecords) -> list[str]:
     """What was run, in words: dataset, arch, epochs, rules, what was
     searched and every pinned setting that is not its default."""
     pinned = sweep.pinned
@@ -200,7 +123,7 @@ def header(sweep: Sweep) -> list[str]:
     return lines
 
 
-def markdown(sweep: Sweep, table: pd.DataFrame) -> str:
+def markdown(sweep: SweepRecords, table: pd.DataFrame) -> str:
     metrics = [m for m in METRICS if f"{m}_mean" in table]
     tracked = [f for f, _ in TRACKED if f"{f}_mean" in table]
     columns = ["trial", *sweep.searched, "runs", *metrics, *tracked,
@@ -316,7 +239,7 @@ def write_report(sweep_dir, out_dir=None) -> dict:
     """Writes the table and plots; returns {name: path} of what it wrote.
     Everything is read and checked before the first file is written."""
     out_dir = output_folder(sweep_dir, out_dir)
-    sweep = load(sweep_dir)
+    sweep = load_records(sweep_dir)
     table = configuration_table(sweep)
     document = markdown(sweep, table)
     drawn = report_plots.figures(sweep, table)

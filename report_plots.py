@@ -21,8 +21,6 @@ so that its limits and labels can be read; `save_figure` writes one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 
@@ -30,9 +28,7 @@ import atomic
 import plot_layout
 import tracker_plots
 from hparams import value_text as text
-
-if TYPE_CHECKING:
-    from report import Sweep
+from sweep_results import SweepRecords
 
 
 # --- What a plot says about the sweep -----------------------------------------
@@ -44,7 +40,7 @@ def best_per_rule(table: pd.DataFrame) -> pd.DataFrame:
     return done.groupby("algorithm", sort=False).head(1)
 
 
-def what_ran(sweep: Sweep) -> str:
+def what_ran(sweep: SweepRecords) -> str:
     """dataset, arch, epochs: for plot titles."""
     space = sweep.plan["space"]
     dataset, arch, epochs = (", ".join(map(str, space.get(name, ["?"])))
@@ -53,7 +49,7 @@ def what_ran(sweep: Sweep) -> str:
     return f"{dataset}, arch {arch}, {epochs} epoch{plural}"
 
 
-def settings(sweep: Sweep, row) -> list[str]:
+def settings(sweep: SweepRecords, row) -> list[str]:
     """A configuration's searched values other than its rule (`lr=0.01`)."""
     return [f"{name}={text(row[name])}" for name in sweep.searched
             if name != "algorithm"]
@@ -120,7 +116,7 @@ def draw_curve(ax, values, color, style, single_epoch: bool):
                         color=color)
 
 
-def plot_learning_curves(sweep: Sweep, best: pd.DataFrame):
+def plot_learning_curves(sweep: SweepRecords, best: pd.DataFrame):
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     runs = [(index, row, frames) for index, (_, row)
@@ -161,7 +157,7 @@ def plot_learning_curves(sweep: Sweep, best: pd.DataFrame):
     return fig
 
 
-def curve_label(sweep: Sweep, row) -> str:
+def curve_label(sweep: SweepRecords, row) -> str:
     """`dfa: lr=0.01, batch_norm=True`, or the rule alone."""
     return ": ".join([str(row["algorithm"]),
                       ", ".join(settings(sweep, row))]).rstrip(": ")
@@ -170,7 +166,7 @@ def curve_label(sweep: Sweep, row) -> str:
 # --- Best configuration of each rule ------------------------------------------
 
 
-def plot_best_per_rule(sweep: Sweep, best: pd.DataFrame):
+def plot_best_per_rule(sweep: SweepRecords, best: pd.DataFrame):
     """The score panel (bars from zero, each labelled with its value and
     under it the configuration's searched values) and, where the runs
     recorded it, the train time panel under it.  One or two rules get
@@ -273,7 +269,7 @@ def seconds(value: float) -> str:
 # --- Alignment with backprop --------------------------------------------------
 
 
-def alignment_figure(sweep: Sweep, best: pd.DataFrame):
+def alignment_figure(sweep: SweepRecords, best: pd.DataFrame):
     """Alignment with backprop per epoch (tracker_plots.alignment_figure), when
     the sweep tracked it; None otherwise."""
     if not sweep.tracked:
@@ -290,7 +286,7 @@ PLOTS = {"learning_curves": plot_learning_curves,
          "alignment": alignment_figure}
 
 
-def figures(sweep: Sweep, table: pd.DataFrame) -> dict:
+def figures(sweep: SweepRecords, table: pd.DataFrame) -> dict:
     """{name: matplotlib figure} of the plots there is data for."""
     import matplotlib
     matplotlib.use("Agg")

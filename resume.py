@@ -29,16 +29,10 @@ import numpy as np
 import atomic
 import faults
 from errors import StorageError
+from folders import read_json
 
 STATE = "state.json"
 ATTEMPTS = "attempts.jsonl"
-
-
-def read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def seed_state_variables(model):

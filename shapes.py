@@ -205,10 +205,3 @@ def check(text: str, input_shape, target_dim: int, batch_size: int,
             f"moments, activations of a batch of {batch_size}), more than "
             f"this machine's {have / 2**30:,.0f} GiB")
     return ops
-
-
-def describe(ops) -> list[str]:
-    """One line per op: block, op, output shape, parameters."""
-    return [f"{'output' if op.block == 0 else f'block{op.block}'} "
-            f"{op.what} → {'×'.join(map(str, op.shape))} ({op.params:,})"
-            for op in ops]

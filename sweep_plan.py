@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import sys
 import time
+from typing import Mapping, Sequence
 
+import arch
+import datasets
 import hparams as hparams_lib
-import space as space_lib
 from errors import UsageError
-from hparams import value_text
+from hparams import (FIELDS, check_declarations, check_network, value_text)
 
 SWEEP_LEVEL = ("objective", "executions_per_trial")  # one value per sweep
 SWEEP_FILE = "sweep.json"
@@ -40,6 +43,47 @@ def identity(values) -> dict:
     (hparams.LOCATION_FIELDS: data_dir): what makes a sweep the same."""
     return {k: v for k, v in values.items()
             if k not in hparams_lib.LOCATION_FIELDS}
+
+
+# --- The search space ---------------------------------------------------------
+
+
+def search_space(given: Mapping[str, Sequence]) -> dict[str, tuple]:
+    """Every field's values in a sweep: given values, else its grid, else its
+    default alone (the arch: the dataset's).  Refuses, before any trial, an
+    arch that does not fit one of the sweep's datasets."""
+    check_declarations()
+    space = {f.name: tuple(given.get(f.name) or f.grid or (f.default,))
+             for f in FIELDS}
+    if not given.get("arch"):
+        archs = {d: datasets.SPECS[d].default_arch for d in space["dataset"]}
+        if len(set(archs.values())) > 1:
+            raise UsageError(
+                "these datasets have different default archs ("
+                + ", ".join(f"{d}: {a}" for d, a in archs.items())
+                + "); give --arch, or sweep them separately")
+        space["arch"] = tuple(dict.fromkeys(archs.values()))
+    if not given.get("batch_norm") and not any(
+            "batch_norm" in arch.reads_flags(a) for a in space["arch"]):
+        space["batch_norm"] = (False,)  # every block pins its own
+    network = ("arch", "dataset", "image_size", "batch_size",
+               "problem_type", "batch_norm", "use_bias")
+    for values in itertools.product(*(space[n] for n in network)):
+        config = dict(zip(network, values))
+        if config["problem_type"] == "classification" or not config[
+                "image_size"]:
+            check_network(config)
+    return space
+
+
+def grid(space: Mapping[str, Sequence], is_valid=lambda config: True):
+    """Every valid configuration of the space, in a fixed order (the order of
+    the fields, then of each field's values)."""
+    names = list(space)
+    for combination in itertools.product(*(space[n] for n in names)):
+        config = dict(zip(names, combination))
+        if is_valid(config):
+            yield config
 
 
 # --- The grid, persisted ------------------------------------------------------
@@ -80,7 +124,7 @@ def config_is_valid(config) -> bool:
 
 def first_problem(space) -> str:
     """Why no configuration of the space is valid."""
-    config = next(space_lib.grid(space))
+    config = next(grid(space))
     try:
         hparams_lib.check(config)
     except UsageError as error:
@@ -112,7 +156,7 @@ def invocation(space, run_settings=None) -> dict:
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
-    data_dir = hparams_lib.data_dir({"data_dir": space["data_dir"][0]})
+    data_dir = datasets.data_dir({"data_dir": space["data_dir"][0]})
     return {"command": [sys.executable, *sys.argv], "cwd": os.getcwd(),
             "data_dir": os.path.abspath(data_dir) if data_dir else None,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -212,7 +256,7 @@ def read_plan(sweep_dir):
     """sweep.json, None in a new folder; refuses a damaged one."""
     import folders
     path = os.path.join(sweep_dir, SWEEP_FILE)
-    plan = folders.read_record(path, PLAN_KEYS, RESTORE_PLAN)
+    plan = folders.read_json(path, PLAN_KEYS, RESTORE_PLAN)
     if plan is None:
         return None
     if not isinstance(plan["grid"], list) or not plan["grid"] or \
@@ -232,8 +276,8 @@ def check_records(sweep_dir) -> None:
     import folders
     pattern = os.path.join(glob.escape(sweep_dir), "trials", "*", "exec*")
     for run in sorted(glob.glob(pattern)):
-        folders.read_record(os.path.join(run, "metrics.json"))
-        folders.read_record(os.path.join(run, "failure.json"), ("reason",))
+        folders.read_json(os.path.join(run, "metrics.json"))
+        folders.read_json(os.path.join(run, "failure.json"), ("reason",))
 
 
 def check_extends(sweep_dir, space) -> None:
@@ -294,8 +338,8 @@ def plan_grid(given):
     for name in (*SWEEP_LEVEL, *hparams_lib.LOCATION_FIELDS):
         if len(given.get(name, ())) > 1:
             raise UsageError(f"--{name} takes one value per sweep")
-    space = space_lib.search_space(given)
-    configs = list(space_lib.grid(space, config_is_valid))
+    space = search_space(given)
+    configs = list(grid(space, config_is_valid))
     if not configs:
         raise UsageError(
             f"no valid configuration to run: {first_problem(space)}")

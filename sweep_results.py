@@ -6,19 +6,16 @@ results.csv after every trial.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from errors import UsageError
+from folders import read_json
 from hparams import value_text
-from sweep_plan import SWEEP_FILE, Sweep, execution_dir, read_plan
+from sweep_plan import (SWEEP_FILE, Sweep, check_records, execution_dir,
+                        read_plan)
 
 RESULTS_FILE = "results.csv"
-
-
-def read_json(path):
-    """A run's record (None if absent); a damaged one is refused."""
-    import folders
-    return folders.read_record(path)
 
 
 def results_table(sweep_dir):
@@ -144,3 +141,76 @@ def mean_metrics(results) -> dict:
 def objective_value(metrics, objective) -> float:
     value = metrics.get(objective)
     return float("nan") if value is None else float(value)
+
+
+# --- The records a report reads -----------------------------------------------
+
+
+@dataclasses.dataclass
+class SweepRecords:
+    """A sweep as a report reads it: its plan and its runs so far."""
+
+    path: str
+    plan: dict
+    executions: object  # pandas DataFrame, one row per run (results_table)
+    searched: list  # fields that vary (the rule always)
+    tracked: bool  # whether trackers ran
+
+    @property
+    def objective(self) -> str:
+        return self.plan["objective"]
+
+    @property
+    def pinned(self) -> dict:
+        """The fields with one value in the sweep."""
+        return {name: values[0] for name, values in self.plan["space"].items()
+                if len(values) == 1}
+
+    def history_frames(self, trial_id) -> list:
+        """The history.csv frames of the trial's finished runs."""
+        runs = self.executions[(self.executions["trial_id"] == trial_id)
+                               & (self.executions["status"] == "COMPLETED")]
+        frames = []
+        for _, run in runs.iterrows():
+            frame = read_history(os.path.join(
+                self.path, "trials", trial_id, f"exec{run['execution']}",
+                "history.csv"))
+            if frame is not None:
+                frames.append(frame)
+        return frames
+
+
+def load_records(sweep_dir: str) -> SweepRecords:
+    """The sweep's records, checked as a rerun of the sweep checks them
+    (sweep.json, every run's metrics.json and failure.json); refuses a
+    folder that is not a sweep or has no run yet."""
+    import hparams
+    if not os.path.isdir(sweep_dir):
+        raise UsageError(f"{sweep_dir}: no such folder")
+    plan = read_plan(sweep_dir)
+    if plan is None:
+        raise UsageError(f"{sweep_dir} is not a sweep folder (no "
+                         f"{SWEEP_FILE})")
+    check_records(sweep_dir)
+    executions = results_table(sweep_dir)
+    if executions.empty:
+        raise UsageError(f"{sweep_dir}: no trial has started yet")
+    space = plan["space"]
+    searched = [n for n, v in space.items() if len(v) > 1]
+    searched = sorted(set(searched) | {"algorithm"}, key=[*space].index)
+    tracked = bool(hparams.FIELDS_BY_NAME["tracker"].parse_set(
+        (space.get("tracker") or [""])[0] or ""))
+    return SweepRecords(sweep_dir, plan, executions, searched, tracked)
+
+
+def read_history(path: str):
+    """A run's history.csv (None if absent); a damaged one is refused."""
+    import pandas as pd
+    if not os.path.exists(path):
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as error:  # (pandas' parser errors)
+        raise UsageError(f"{path} is damaged ({type(error).__name__}); "
+                         f"remove the run's folder ({os.path.dirname(path)})"
+                         " and rerun the sweep to redo that run") from None

@@ -19,7 +19,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hparams as hparams_lib  # noqa: E402
-import space as space_lib
 from errors import RunFailed, UsageError  # noqa: E402
 
 
@@ -160,8 +159,8 @@ def end_session(logs: RunLogs, workdir, failed=False) -> None:
     """The run's HParams session ends (its status), if it began."""
     logdir = (logs or RunLogs()).logdir(workdir)
     if os.path.isdir(logdir):
-        import board
-        board.end_session(logdir, failed=failed)
+        import tensorboard_hparams
+        tensorboard_hparams.end_session(logdir, failed=failed)
 
 
 def fit(model, data, hp, workdir, verbose, callbacks, logs: RunLogs):
@@ -169,7 +168,7 @@ def fit(model, data, hp, workdir, verbose, callbacks, logs: RunLogs):
     returns the run's whole history (all attempts) as a DataFrame."""
     import keras
 
-    import board
+    import tensorboard_hparams
     import faults
     import optimizers
     import resume
@@ -189,7 +188,7 @@ def fit(model, data, hp, workdir, verbose, callbacks, logs: RunLogs):
                 shutil.rmtree(stale)
             elif os.path.exists(stale):
                 os.remove(stale)
-    board.start_session(logdir, dict(hp), logs.session_group or
+    tensorboard_hparams.start_session(logdir, dict(hp), logs.session_group or
                         os.path.basename(os.path.abspath(workdir)))
     resume.log_attempt(workdir, start_epoch)
     model.fit(
@@ -263,8 +262,8 @@ def main(flag_values):
     if not workdir:
         raise UsageError("--workdir is required (where the run writes its "
                          "results)")
-    hp = space_lib.single_run(
-        space_lib.given_on_command_line(flag_values))
+    import cli
+    hp = hparams_lib.single_run(cli.given_on_command_line(flag_values))
     check_not_finished(workdir)  # (at once, before TensorFlow loads)
     progress.run_started(workdir)
     # Quiet: a line per epoch (progress.py); -v: Keras' own progress bar

@@ -44,6 +44,7 @@ import quiet  # noqa: E402
 
 quiet.install()  # TensorFlow's start-up lines hidden, as in train.py
 
+import datasets  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
 import references  # noqa: E402  (benchmarks/references.py)
 from accuracy_report import CONV_SCALERS, DATASETS, report  # noqa: E402
@@ -64,7 +65,7 @@ def parse_args(argv):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=os.environ.get(
-        hparams_lib.DATA_DIR_ENV, os.path.join(ROOT, "..", "shared", "data")),
+        datasets.DATA_DIR_ENV, os.path.join(ROOT, "..", "shared", "data")),
         help="folder with mnist.npz and fashion-mnist/")
     parser.add_argument("--workdir", default="",
                         help="where runs are kept (default runs/accuracy, "

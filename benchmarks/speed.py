@@ -60,6 +60,7 @@ import quiet  # noqa: E402
 
 quiet.install()  # TensorFlow's start-up lines hidden, as in train.py
 
+import datasets  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
 from speed_reference import (CLASSES, INPUT_SHAPE,  # noqa: E402
                              HandwrittenRunner, MatmulRoof, input_shape_of,
@@ -127,7 +128,7 @@ def hparams_for(arch, rule, args):
     the arch is checked against: the data is synthetic)."""
     shape = input_shape_of(arch)
     dataset = "mnist" if shape[2] == 1 else "cifar10"
-    size = 0 if shape == hparams_lib.INPUT_SHAPES[dataset] else shape[0]
+    size = 0 if shape == datasets.SPECS[dataset].shape else shape[0]
     return hparams_lib.make(**{"arch": arch, "algorithm": rule,
                                "batch_size": args.batch_size,
                                "dataset": dataset, "image_size": size,

@@ -10,7 +10,7 @@ import pytest
 import arch
 import cli
 import hparams
-import space
+import sweep_plan
 import shapes
 import train
 import tune
@@ -292,30 +292,31 @@ def test_machine_memory_is_read():
 def test_colour_datasets_default_to_the_dkp_cnn_and_grey_ones_to_the_mlp():
     for dataset in ("cifar10", "cifar100", "eurosat", "caltech256"):
         assert hparams.make(dataset=dataset).arch == "dkp_cifar10"
-        assert space.search_space({"dataset": (dataset,)})["arch"] == (
+        assert sweep_plan.search_space({"dataset": (dataset,)})["arch"] == (
             "dkp_cifar10",)
     for dataset in ("digits", "mnist", "fmnist"):
         assert hparams.make(dataset=dataset).arch == "256-256"
     assert hparams.make(dataset="cifar10", arch="500").arch == "500"
     # A preset pins batch norm: the sweep does not search it for nothing.
-    assert space.search_space({"dataset": ("cifar10",)})[
+    assert sweep_plan.search_space({"dataset": ("cifar10",)})[
         "batch_norm"] == (False,)
-    assert space.search_space({})["batch_norm"] == (False, True)
+    assert sweep_plan.search_space({})["batch_norm"] == (False, True)
     with pytest.raises(hparams.UsageError, match="give --arch"):
-        space.search_space({"dataset": ("mnist", "cifar10")})
+        sweep_plan.search_space({"dataset": ("mnist", "cifar10")})
     assert "dkp_cifar10 for cifar10" in hparams.FIELDS_BY_NAME[
         "arch"].default_text
 
 
 def test_input_shapes_and_classes_are_the_loaders():
     import datasets
+    spec = datasets.SPECS["digits"]
     raw = datasets.load_arrays(hparams.make(dataset="digits"))
-    assert raw.x_train.shape[1:] == hparams.INPUT_SHAPES["digits"]
-    assert raw.num_classes == hparams.NUM_CLASSES["digits"]
+    assert raw.x_train.shape[1:] == spec.shape
+    assert raw.num_classes == spec.classes
     for name, (*_, classes) in datasets.CIFAR.items():
-        assert hparams.NUM_CLASSES[name] == classes
-        assert hparams.INPUT_SHAPES[name] == (32, 32, 3)
-    assert hparams.INPUT_SHAPES["caltech256"][:2] == \
+        assert datasets.SPECS[name].classes == classes
+        assert datasets.SPECS[name].shape == (32, 32, 3)
+    assert datasets.SPECS["caltech256"].shape[:2] == \
         datasets.CALTECH_IMAGE_SIZE
 
 

@@ -15,8 +15,9 @@ import pytest
 
 import cli
 import hparams
-import space
 import report
+import folders
+import sweep_plan
 import train
 import tune
 from conftest import ROOT, SHARED_DATA, edit_grid, repo_copy
@@ -326,7 +327,7 @@ def test_diverged_single_run_says_so_and_exits_3(tmp_path, capsys):
     assert err == [f"error: {out}: the run diverged: training loss became nan "
                    "in epoch 1 (TerminateOnNaN stopped it); its files are "
                    "kept (try a lower --lr)"]
-    metrics = tune.read_json(str(out / "metrics.json"))
+    metrics = folders.read_json(str(out / "metrics.json"))
     assert metrics["diverged"] is True and metrics["epochs_run"] == 1
     assert os.path.exists(out / "history.csv")
 
@@ -446,12 +447,12 @@ def test_refusals_that_need_no_tensorflow_come_before_it(small_sweep,
     """A finished --workdir, a sweep folder in use and a sweep rerun with a
     changed setting are refused before TensorFlow is imported (at once,
     not after its 5 s import and the data)."""
-    import folders
+    import sweep_lock
     finished = tmp_path / "finished"
     finished.mkdir()
     (finished / "metrics.json").write_text("{}")
     held = tmp_path / "held"
-    lock = folders.hold_sweep(str(held))
+    lock = sweep_lock.hold_sweep(str(held))
     sweep = str(tmp_path / "sweep")
     shutil.copytree(small_sweep, sweep)
     same = ["--dataset=digits", "--arch=8", "--objective=loss",
@@ -499,11 +500,11 @@ def test_flag_values_pin_list_or_search_all():
     flag_values = cli.make_flags({})
     flag_values(["prog", "--lr=1e-3,1e-2", "--algorithm=all",
                  "--nobatch_norm", "--arch=16C5-P2-64"])
-    given = space.given_on_command_line(flag_values)
+    given = cli.given_on_command_line(flag_values)
     assert given["lr"] == (1e-3, 1e-2)
     assert given["algorithm"] == hparams.ALGORITHMS
     assert given["batch_norm"] == (False,)
-    values = space.search_space(given)
+    values = sweep_plan.search_space(given)
     assert values["arch"] == ("16C5-P2-64",)
     assert values["activation"] == hparams.FIELDS_BY_NAME["activation"].grid
     assert values["seed"] == (0,)  # no grid: the default alone

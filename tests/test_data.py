@@ -105,7 +105,7 @@ def test_absent_files_are_left_to_keras_loader(dataset, module, monkeypatch,
                                                tmp_path):
     """No --data_dir and nothing in Keras' cache: Keras loads (downloads)."""
     import keras
-    monkeypatch.delenv(hparams.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     grey = np.zeros((4, 28, 28), np.uint8)
     monkeypatch.setattr(getattr(keras.datasets, module), "load_data",
@@ -125,7 +125,7 @@ def test_absent_files_are_left_to_keras_loader(dataset, module, monkeypatch,
 
 
 def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(hparams.DATA_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
     assert datasets.resolve_dir(settings(dataset="mnist")) == (
         str(tmp_path), True)
 

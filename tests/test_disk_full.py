@@ -22,6 +22,7 @@ import pytest
 
 import cli
 import faults
+import folders
 import resume
 import tune
 from conftest import ROOT
@@ -115,7 +116,7 @@ def test_injected_full_disk_stops_the_sweep_and_the_rerun_finishes_it(
 
     done, stopped = executions(sweep)  # the first finished, the second not
     assert os.path.exists(os.path.join(done, "metrics.json"))
-    assert resume.read_json(os.path.join(stopped, "backup",
+    assert folders.read_json(os.path.join(stopped, "backup",
                                          resume.STATE))["epoch"] == 1
     assert not glob.glob(os.path.join(sweep, "trials", "*", "*",
                                       "failure.json"))
@@ -192,7 +193,7 @@ def test_a_real_full_disk_stops_the_sweep_and_the_rerun_finishes_it(
     finished = {os.path.relpath(d, left): open(
         os.path.join(d, "metrics.json")).read() for d in executions(left)
         if os.path.exists(os.path.join(d, "metrics.json"))}
-    backed_up = {os.path.relpath(d, left): resume.read_json(
+    backed_up = {os.path.relpath(d, left): folders.read_json(
         os.path.join(d, "backup", resume.STATE))["epoch"]
         for d in executions(left)
         if os.path.exists(os.path.join(d, "backup", resume.STATE))}

@@ -22,6 +22,7 @@ import pytest
 
 import cli
 import train
+import folders
 import tune
 from conftest import ROOT
 
@@ -77,7 +78,7 @@ def interrupted(command, signum, timeout=300, group=True):
 
 
 def metrics(workdir):
-    record = tune.read_json(os.path.join(workdir, "metrics.json"))
+    record = folders.read_json(os.path.join(workdir, "metrics.json"))
     return {k: v for k, v in record.items() if k not in TIMING}
 
 

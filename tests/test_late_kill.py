@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import cli
+import folders
 import resume
 import train
 from conftest import ROOT
@@ -48,7 +49,7 @@ def test_a_run_killed_after_its_last_backup_ends_bit_identical(
         timeout=300)
     assert died.returncode == -9, died.stderr[-2000:]
     assert not (killed / "metrics.json").exists()
-    assert resume.read_json(str(killed / "backup" / resume.STATE))[
+    assert folders.read_json(str(killed / "backup" / resume.STATE))[
         "epoch"] == 2
     run_in_process(killed)  # the rerun: resumes at epoch 2, trains nothing
     assert [a["start_epoch"] for a in resume.attempts(str(killed))] == [0, 2]

@@ -11,7 +11,7 @@ import time
 
 import pandas as pd
 
-import folders
+import sweep_lock
 import resume
 from conftest import ROOT
 
@@ -31,7 +31,7 @@ def train_bash(sweep, **env):
 
 def lock_holder(sweep, timeout=300):
     """The record the holder wrote in sweep.lock, once it is there."""
-    path = os.path.join(sweep, folders.LOCK_FILE)
+    path = os.path.join(sweep, sweep_lock.LOCK_FILE)
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 import cli
+import datasets
 import hparams
 import resume
 import tune
@@ -38,7 +39,7 @@ def test_relative_paths_are_the_callers_and_data_dir_is_not_identity(
     write_small_mnist(tmp_path / "data")
     env = {**os.environ, "BPFREE_KILL_AT": "trial_end:1",
            "BPFREE_MAX_RESTARTS": "0"}
-    env.pop(hparams.DATA_DIR_ENV, None)
+    env.pop(datasets.DATA_DIR_ENV, None)
     # From the user's folder, relative paths; killed after the first trial.
     first = subprocess.run(
         [os.path.join(ROOT, "train.bash"), "exp", "--data_dir=data", *FLAGS],
@@ -53,7 +54,7 @@ def test_relative_paths_are_the_callers_and_data_dir_is_not_identity(
     # The data moves; the same sweep goes on with $BPFREE_DATA_DIR.
     shutil.move(tmp_path / "data", tmp_path / "mounted")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(hparams.DATA_DIR_ENV, str(tmp_path / "mounted"))
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path / "mounted"))
     assert cli.run(["tune.py", "--sweep_dir=exp", *FLAGS], tune.main,
                    tune.FLAGS) == 0, capsys.readouterr().err
     frame = pd.read_csv(sweep / "results.csv")

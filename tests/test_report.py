@@ -15,6 +15,7 @@ import pytest
 
 import report
 import report_plots
+import sweep_results
 import tune
 
 GIVEN = {"dataset": ("digits",), "arch": ("8",), "epochs": (2,),
@@ -60,7 +61,7 @@ def test_plots_are_written(sweep):
 def test_report_of_an_interrupted_sweep(sweep, tmp_path):
     copy = str(tmp_path / "cut")
     shutil.copytree(sweep, copy)
-    runs = tune.results_table(copy)
+    runs = sweep_results.results_table(copy)
     cut = os.path.join(copy, "trials", runs["trial_id"].iloc[0], "exec1")
     os.remove(os.path.join(cut, "metrics.json"))  # as if killed mid-run
     table = pd.read_csv(report.write_report(copy)["csv"])
@@ -137,7 +138,7 @@ def test_tracker_columns_are_the_last_epochs_layer_means(tracked):
 
 def test_plots_have_titles_labels_and_bars_from_zero(sweep, tracked):
     for path, executions in ((tracked, 1), (sweep, 2)):
-        data = report.load(path)
+        data = sweep_results.load_records(path)
         drawn = report_plots.figures(data, report.configuration_table(data))
         assert set(drawn) == ({"learning_curves", "best_per_rule",
                                "alignment"} if path == tracked
@@ -185,7 +186,7 @@ def with_compile_seconds(source, target, seconds) -> str:
     """A copy of a sweep whose runs recorded compile_seconds (`seconds`:
     execution -> value; None: recorded nothing, as before it existed)."""
     shutil.copytree(source, target)
-    runs = tune.results_table(target)
+    runs = sweep_results.results_table(target)
     for trial, execution in zip(runs["trial_id"], runs["execution"]):
         path = os.path.join(target, "trials", trial, f"exec{execution}",
                             "metrics.json")
@@ -221,7 +222,7 @@ def drawn(path, only=tuple(report_plots.PLOTS), **space):
     overridden (a longer title) where given."""
     import matplotlib
     matplotlib.use("Agg")  # (as report_plots.figures does)
-    data = report.load(path)
+    data = sweep_results.load_records(path)
     data.plan["space"].update(space)
     best = report_plots.best_per_rule(report.configuration_table(data))
     figures = {name: report_plots.PLOTS[name](data, best) for name in only}
@@ -344,7 +345,7 @@ def value_labels_outside_their_axes(figure) -> list[str]:
 
 
 def test_value_labels_lie_inside_the_axes_also_for_bars_at_the_top(timed):
-    data = report.load(timed)
+    data = sweep_results.load_records(timed)
     table = report.configuration_table(data)
     near_one = table.assign(test_accuracy_mean=0.995,
                             test_accuracy_std=0.004)
@@ -362,7 +363,7 @@ def test_value_labels_lie_inside_the_axes_also_for_bars_at_the_top(timed):
 def test_best_per_rule_names_the_settings_and_draws_one_bar_narrow(
         one_rule, plots):
     from matplotlib.text import Text
-    data = report.load(one_rule)
+    data = sweep_results.load_records(one_rule)
     best = report_plots.best_per_rule(report.configuration_table(data))
     assert len(best) == 1
     figure = plots["one_rule"]["best_per_rule"]
@@ -437,7 +438,7 @@ def test_legends_cover_no_data_point_nor_bar(plots):
 
 
 def markdown_of(path) -> str:
-    data = report.load(path)
+    data = sweep_results.load_records(path)
     return report.markdown(data, report.configuration_table(data))
 
 
@@ -457,7 +458,7 @@ def test_report_says_what_each_loss_and_metric_is(one_rule, sweep):
 
 
 def test_train_time_per_rule_with_compile_seconds(timed, plots):
-    data = report.load(timed)
+    data = sweep_results.load_records(timed)
     table = report.configuration_table(data)
     text = report.markdown(data, table)
     header = next(line for line in text.splitlines()
@@ -487,7 +488,7 @@ def test_train_time_per_rule_with_compile_seconds(timed, plots):
 
 def test_train_time_per_rule_of_a_sweep_without_compile_seconds(untimed,
                                                                 plots):
-    data = report.load(untimed)
+    data = sweep_results.load_records(untimed)
     table = report.configuration_table(data)
     text = report.markdown(data, table)
     assert "compile_seconds |" not in text

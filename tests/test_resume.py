@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import folders
 import resume
 import tune
+from errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--dataset=digits", "--algorithm=dfa,bp,drtp", "--lr=1e-3,1e-2",
@@ -70,7 +72,7 @@ def test_sweep_killed_three_times_ends_like_an_uninterrupted_one(tmp_path):
     interrupted = [d for d in execution_dirs(sweep)
                    if not os.path.exists(os.path.join(d, "metrics.json"))]
     assert len(interrupted) == 1
-    assert resume.read_json(os.path.join(interrupted[0], "backup",
+    assert folders.read_json(os.path.join(interrupted[0], "backup",
                                          resume.STATE))["epoch"] == 1
 
     # Killed after every 4th trial; train.bash restarts it until it is done.
@@ -107,7 +109,7 @@ def test_a_rerun_with_another_grid_is_refused(tmp_path):
              "objective": ("loss",), "use_xla": (False,),
              "batch_norm": (False,), "algorithm": ("dfa",), "lr": (1e-3,)}
     tune.run_sweep(quick, sweep, verbose=False)
-    with pytest.raises(tune.UsageError, match="holds another sweep"):
+    with pytest.raises(UsageError, match="holds another sweep"):
         tune.run_sweep({**quick, "lr": (1e-2,)}, sweep, verbose=False)
     # From the command line: one line, before TensorFlow loads.
     flags = [f"--{k}={v[0]}" for k, v in quick.items() if k != "lr"]

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import cli
 import hparams
-import space
+import sweep_plan
 import reference
 import train
 import tracker_plots
@@ -221,9 +221,9 @@ def test_tracker_flag_repeats_and_joins_into_one_pinned_value():
     flag_values = cli.make_flags({})
     flag_values(["prog", "--tracker=norms", "--tracker",
                  "bp_cosine,local_loss"])
-    given = space.given_on_command_line(flag_values)
+    given = cli.given_on_command_line(flag_values)
     assert given["tracker"] == ("bp_cosine,norms,local_loss",)
-    assert space.search_space({})["tracker"] == ("",)  # never a grid
+    assert sweep_plan.search_space({})["tracker"] == ("",)  # never a grid
     assert trackers.parse("all") == TRACKERS
     assert trackers.parse("") == ()
 

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 
 import resume
+import sweep_plan
 import tune
+from errors import UsageError
 from conftest import ROOT, edit_grid, repo_copy
 
 GIVEN = {"dataset": ("digits",), "arch": ("8",), "epochs": (1,),
@@ -46,7 +48,7 @@ def test_a_wider_lr_on_the_command_line_runs_only_the_new_ones(tmp_path):
     assert after[old] == before[old]  # the finished trial's row, bitwise
     assert attempts(sweep)[old] == ran[old]  # ... and it did not run again
     assert sorted(frame["lr"]) == [1e-3, 1e-2, 1e-1]
-    plan = tune.read_plan(sweep)
+    plan = sweep_plan.read_plan(sweep)
     assert [c["lr"] for c in plan["grid"]] == [1e-3, 1e-2, 1e-1]
     assert [i["added_configurations"] for i in plan["invocations"]] == [0, 2]
 
@@ -61,7 +63,7 @@ def test_a_rerun_that_changes_a_fixed_setting_is_refused_naming_it(
         change, words, tmp_path):
     sweep = str(tmp_path / "exp")
     tune.run_sweep(GIVEN, sweep, verbose=False)
-    with pytest.raises(tune.UsageError) as refused:
+    with pytest.raises(UsageError) as refused:
         tune.run_sweep({**GIVEN, **change}, sweep, verbose=False)
     assert str(refused.value) == (
         f"{sweep} holds another sweep ({words}): a sweep folder takes more "

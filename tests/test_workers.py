@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import cli
+import grid_search
 import resume
 import step_cache
 import tune
@@ -191,7 +192,7 @@ def test_each_worker_is_handed_the_trials_of_the_graph_it_ran_last():
         for worker in ("w0", "w1"):
             if not pending:
                 break
-            config = tune.next_config(pending, last.get(worker), [
+            config = grid_search.next_config(pending, last.get(worker), [
                 g for w, g in last.items() if w != worker])
             pending.remove(config)
             last[worker] = step_cache.graph_of(config)
@@ -209,9 +210,9 @@ def test_a_worker_waits_for_the_last_trials_of_a_graph_another_holds():
     worker (a reused step) rather than being traced again; many do not."""
     one = dict(lr=1e-2, algorithm="dfa")
     held = step_cache.graph_of(one)
-    assert tune.next_config([one], "my graph", [held]) is None
+    assert grid_search.next_config([one], "my graph", [held]) is None
     many = [dict(one, seed=s) for s in range(3)]
-    assert tune.next_config(many, "my graph", [held]) == many[0]
-    assert tune.next_config([one], "my graph", []) == one  # nobody holds it
-    assert tune.next_config([one], "my graph", [held],
+    assert grid_search.next_config(many, "my graph", [held]) == many[0]
+    assert grid_search.next_config([one], "my graph", []) == one  # nobody holds it
+    assert grid_search.next_config([one], "my graph", [held],
                             may_wait=False) == one  # waited long enough
