@@ -54,6 +54,10 @@ class Step:
     hidden: list  # in the compute dtype
     # mixed_float16: the loss scale S that `grads` carry; else None.
     loss_scale: tf.Tensor | None = None
+    # Direct rules: what Projection.teach gave each hidden block, δ_l and
+    # ℓ_l (float32, unscaled); the trackers read them (chained rules: []).
+    signals: list = dataclasses.field(default_factory=list)
+    local_losses: list = dataclasses.field(default_factory=list)
 
 
 def error_rate(y_true, y_pred):
@@ -324,9 +328,10 @@ class ProjectionModel(keras.Model):
                                      block_tapes=block_tapes)
             z = logits32(z)
             loss = self.global_loss(target, z)
-        grads, feedback_grads = self.rule_gradients(
+        grads, feedback_grads, taught = self.rule_gradients(
             tape, loss, hidden, z, target, probe, block_tapes, scale)
-        step = Step(grads, feedback_grads, loss, target, z, hidden, scale)
+        step = Step(grads, feedback_grads, loss, target, z, hidden, scale,
+                    *taught)
         if self.diagnostics is not None:  # trackers.py (before any update)
             self.diagnostics.observe(self, tape, step)
         return step
@@ -335,17 +340,21 @@ class ProjectionModel(keras.Model):
                        block_tapes=None, scale=None):
         """Gradients for `forward_variables` (× `scale` S, when given:
         what enters the backward pass is scaled) and for
-        `learned_feedback` (float32, never scaled)."""
+        `learned_feedback` (float32, never scaled), and ([δ_l], [ℓ_l]) as
+        the rule taught them (empty for chained rules)."""
         if self.rule.chained:  # ∂(S·L)/∂W
             return tape.gradient(loss, self.forward_variables,
-                                 output_gradients=scale), []
+                                 output_gradients=scale), [], ([], [])
         error = tape.gradient(loss, z)  # e, float32 (z is)
         tangents = (probe.tangents(z) if probe is not None
                     else [None] * len(hidden))
-        grads, feedback_grads = [], []
+        grads, feedback_grads, signals, losses = [], [], [], []
         for index, (block, proj, h, tangent) in enumerate(zip(
                 self.blocks, self.projections, hidden, tangents)):
-            signal, _, feedback_grad = proj.teach(h, error, target, tangent)
+            signal, local_loss, feedback_grad = proj.teach(h, error, target,
+                                                           tangent)
+            signals.append(signal)
+            losses.append(local_loss)
             grads += (block_tapes[index] if block_tapes else tape).gradient(
                 h, block.trainable_variables,
                 output_gradients=injected(signal, h.dtype, scale))
@@ -354,7 +363,7 @@ class ProjectionModel(keras.Model):
         grads += tape.gradient(z, self.output_layer.trainable_variables,
                                output_gradients=injected(error, z.dtype,
                                                          scale))
-        return grads, feedback_grads
+        return grads, feedback_grads, (signals, losses)
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -208,13 +208,13 @@ class Trackers:
         if "bp_cosine" in self.names:
             for name, g, t in zip(names, updates, true_w):
                 values[f"bp_cosine/{name}"] = cosine(g, t)
-        if "signal_cosine" in self.names or self.test_tags:
-            signals, losses = self.teaching_signals(model, tape, step)
-            if "signal_cosine" in self.names:
-                for name, s, t in zip(block_names(model), signals, true_h):
-                    values[f"signal_cosine/{name}"] = cosine(s, t)
-            for tag, loss in zip(self.test_tags, losses):
-                values[tag] = loss
+        if "signal_cosine" in self.names:
+            signals = step.signals if not model.rule.chained else \
+                self.chained_signals(model, tape, step)
+            for name, s, t in zip(block_names(model), signals, true_h):
+                values[f"signal_cosine/{name}"] = cosine(s, t)
+        for tag, loss in zip(self.test_tags, step.local_losses):
+            values[tag] = loss
         if "weight_alignment" in self.names:
             for name, pair in self.pairs.items():
                 values[f"weight_alignment/{name}"] = (
@@ -227,22 +227,13 @@ class Trackers:
         return {tag: tf.cast(v, tf.float32) for tag, v in values.items()}
 
     @staticmethod
-    def teaching_signals(model, tape, step):
-        """(δ_l per hidden block, ℓ_l per block or []) as the rule made
-        them: chained rules' error at h_l, direct rules' ∂ℓ_l/∂h_l."""
-        if model.rule.chained:
-            return tape.gradient(step.loss, step.hidden,
-                                 output_gradients=step.loss_scale), []
-        error = tape.gradient(step.loss, step.z)
-        signals, losses = [], []
-        for proj, h in zip(model.projections, step.hidden):
-            h = tf.cast(h, tf.float32)  # as Projection.teach
-            with tf.GradientTape() as local:
-                local.watch(h)
-                loss = proj.local_loss(proj(h), error, step.target)
-            signals.append(local.gradient(loss, h))
-            losses.append(loss)
-        return signals, losses
+    def chained_signals(model, tape, step):
+        """A chained rule's error at each h_l, through its own backward
+        pass (FA's and KP's B): the signal its blocks' updates are made
+        of.  (A direct rule's δ_l = ∂ℓ_l/∂h_l is the step's own,
+        `Step.signals`, as `Projection.teach` made it.)"""
+        return tape.gradient(step.loss, step.hidden,
+                             output_gradients=step.loss_scale)
 
     # --- Evaluation ---------------------------------------------------------
 

@@ -153,6 +153,31 @@ def test_fa_with_b_equal_to_w_aligns_perfectly(kind):
             assert abs(value - 1) < 1e-5, (tag, value)
 
 
+def test_signal_cosine_and_local_loss_are_the_steps_own(monkeypatch):
+    """The trackers read the teaching signal and local loss the step made
+    (Projection.teach), not a recomputation: a rule whose `teach` sends
+    the opposite signal and reports another loss is tracked as it
+    taught."""
+    model = model_with_random_feedback("dfa", "5-4", (2, 3, 1))
+    x, y = batch((2, 3, 1))
+    plain = measured(model, x, y)
+    rule = type(model.projections[0])
+    taught = rule.teach
+
+    def opposite(self, h, error, target, tangents=None):
+        signal, loss, feedback = taught(self, h, error, target, tangents)
+        return -signal, loss + 1.0, feedback
+    monkeypatch.setattr(rule, "teach", opposite)
+    model = model_with_random_feedback("dfa", "5-4", (2, 3, 1))
+    turned = measured(model, x, y)
+    for block in ("block1", "block2"):
+        assert turned[f"signal_cosine/{block}"] == pytest.approx(
+            -plain[f"signal_cosine/{block}"], abs=1e-6)
+        assert turned[f"local_loss/{block}"] == pytest.approx(
+            plain[f"local_loss/{block}"] + 1.0, abs=1e-6)
+    assert abs(plain["signal_cosine/block1"]) > 0.05  # (could fail)
+
+
 def test_dfa_with_b_equal_to_output_weights_aligns_perfectly():
     """One hidden layer: e B₁ᵀ is BP's e W_oᵀ when B₁ = W_o."""
     model = make_model("dfa", "6")
