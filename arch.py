@@ -47,7 +47,7 @@ import dataclasses
 import re
 from typing import Callable
 
-from errors import UsageError
+from runtime.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)

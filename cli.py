@@ -18,8 +18,8 @@ import signal
 import sys
 from typing import Callable
 
-import quiet
-from errors import (Interrupted, RunFailed, StorageError, UsageError,
+from runtime import quiet
+from runtime.errors import (Interrupted, RunFailed, StorageError, UsageError,
                     WorkerStopped, storage_error)
 from hparams import FIELDS
 
@@ -103,13 +103,13 @@ def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
         quiet.set_verbose(flag_values.verbose)
         quiet.install()
         if getattr(main, "__module__", None) == "__main__":
-            import stderr_filter  # (the program's own main, not a test's
+            from runtime import stderr_filter  # (the program's own main, not a test's
             stderr_filter.install()  # call: for the process's whole life)
-        import xla_cache
+        from runtime import xla_cache
         xla_cache.install()  # (before TensorFlow reads TF_XLA_FLAGS)
         main(flag_values)
     except Interrupted as stop:
-        import progress
+        from runtime import progress
         progress.clear_terminal_line()
         print(progress.stopped_line(stop.signum), file=sys.stderr,
               flush=True)

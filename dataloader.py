@@ -16,7 +16,7 @@ import numpy as np
 
 import hparams as hparams_lib
 from datasets import load_arrays
-from errors import UsageError
+from runtime.errors import UsageError
 
 AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TensorFlow here
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from errors import DataError, UsageError
+from runtime.errors import DataError, UsageError
 
 DATA_DIR_ENV = "BPFREE_DATA_DIR"
 

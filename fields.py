@@ -9,7 +9,7 @@ import math
 from typing import Any, Callable
 
 import arch
-from errors import UsageError
+from runtime.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)

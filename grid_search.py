@@ -21,10 +21,10 @@ from typing import Mapping, Sequence
 
 import keras_tuner
 
-import faults
-import step_cache
+from runtime import faults
+from runtime import step_cache
 import trials
-from errors import storage_error
+from runtime.errors import storage_error
 from hparams import LOCATION_FIELDS, HParams
 from sweep_plan import Sweep
 from sweep_results import write_results
@@ -174,7 +174,7 @@ def make_atomic_tuner_state() -> None:
     """keras-tuner writes its oracle, tuner and trial records in place, so a
     kill during a write leaves JSON it cannot reload.  Route its one JSON
     writer through an atomic write."""
-    import atomic
+    from runtime import atomic
     from keras_tuner.src import utils as kt_utils
 
     def save_json(path, obj):

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import arch
 import datasets
 import shapes
-from errors import UsageError
+from runtime.errors import UsageError
 from fields import (SEED_LIMIT, Field, arch_string, at_least_one,
                     below_one, fraction, non_negative, positive,
                     seed_in_range, value_text)

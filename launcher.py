@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 
-from errors import Interrupted, UsageError, WorkerStopped
+from runtime.errors import Interrupted, UsageError, WorkerStopped
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LAUNCHER_ENV = "BPFREE_LAUNCHER_PID"  # set in the workers it starts
@@ -160,7 +160,7 @@ def run(tuner, sweep, given: dict, workers: int,
         pool.wait()
     except Interrupted:  # (cli.py prints where it stopped)
         pool.stop()
-        import progress
+        from runtime import progress
         import sweep_results
         progress.workers_stopped(workers,
                                  sweep_results.finished_trials(sweep),

@@ -35,7 +35,7 @@ import math
 import keras
 import tensorflow as tf
 
-from errors import UsageError
+from runtime.errors import UsageError
 from layers import PACKAGE
 
 

@@ -49,7 +49,7 @@ def register(key: str):
 
 
 def get(key: str) -> type["Projection"]:
-    from errors import UsageError
+    from runtime.errors import UsageError
     if key not in RULES:
         raise UsageError(f"unknown algorithm '{key}' "
                          f"(valid: {', '.join(RULES)})")

@@ -39,11 +39,11 @@ import sys
 
 import pandas as pd
 
-import atomic
+from runtime import atomic
 import hparams as hparams_lib
 import report_plots
 import tracker_plots
-from errors import UsageError
+from runtime.errors import UsageError
 from sweep_results import SweepRecords, load_records, number_format
 
 METRICS = ("test_accuracy", "test_loss", "val_loss", "val_accuracy", "loss",
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
                         help="show TensorFlow's start-up lines")
     try:
         args = parser.parse_args(argv)
-        import quiet
+        from runtime import quiet
         quiet.set_verbose(args.verbose)
         quiet.install()
         written = write_report(args.sweep_dir, args.out)

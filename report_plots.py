@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-import atomic
+from runtime import atomic
 import plot_layout
 import tracker_plots
 from hparams import value_text as text

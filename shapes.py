@@ -19,7 +19,7 @@ import math
 import os
 
 import arch as arch_lib
-from errors import UsageError
+from runtime.errors import UsageError
 
 # Per trainable parameter in float32: the weight, its gradient and two
 # optimizer moments (Adam); per activation and example: its value, the

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import arch
 import datasets
 import hparams as hparams_lib
-from errors import UsageError
+from runtime.errors import UsageError
 from hparams import (FIELDS, check_declarations, check_network, value_text)
 
 SWEEP_LEVEL = ("objective", "executions_per_trial")  # one value per sweep
@@ -173,7 +173,7 @@ def open_sweep(sweep_dir, configs, space, run_settings=None) -> Sweep:
     trials already run keep their names and results.  In distributed mode
     only the chief (or a lone process) writes the plan, with a record of
     the command that ran it; workers wait for it."""
-    import atomic
+    from runtime import atomic
     path = os.path.join(sweep_dir, SWEEP_FILE)
     configs = [identity(c) for c in
                json.loads(json.dumps(configs, default=str))]
@@ -254,7 +254,7 @@ RESTORE_PLAN = "restore it: it holds the sweep's grid and id"
 
 def read_plan(sweep_dir):
     """sweep.json, None in a new folder; refuses a damaged one."""
-    import folders
+    from runtime import folders
     path = os.path.join(sweep_dir, SWEEP_FILE)
     plan = folders.read_json(path, PLAN_KEYS, RESTORE_PLAN)
     if plan is None:
@@ -273,7 +273,7 @@ def check_records(sweep_dir) -> None:
     damaged (before anything is written)."""
     import glob
 
-    import folders
+    from runtime import folders
     pattern = os.path.join(glob.escape(sweep_dir), "trials", "*", "exec*")
     for run in sorted(glob.glob(pattern)):
         folders.read_json(os.path.join(run, "metrics.json"))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from errors import UsageError
-from folders import read_json
+from runtime.errors import UsageError
+from runtime.folders import read_json
 from hparams import value_text
 from sweep_plan import (SWEEP_FILE, Sweep, check_records, execution_dir,
                         read_plan)
@@ -77,7 +77,7 @@ def finished_trials(sweep: Sweep) -> int:
 
 
 def write_results(sweep: Sweep):
-    import atomic
+    from runtime import atomic
     frame = results_table(sweep.path)
     atomic.write_csv(os.path.join(sweep.path, RESULTS_FILE), frame)
     return frame

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-import atomic
+from runtime import atomic
 import plot_layout
 
 

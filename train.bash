@@ -6,7 +6,7 @@
 # started again (up to BPFREE_MAX_RESTARTS times, default 5) and continues
 # where it stopped; the reason of each crash is printed.  A bad setting
 # (exit 2), a failed write (exit 4: a full disk) or an interrupt (Ctrl-C,
-# SIGTERM) is not retried (errors.py lists the exit statuses); after an
+# SIGTERM) is not retried (runtime/errors.py lists the exit statuses); after an
 # interrupt the sweep's one line says where it stopped, and this script
 # ends by the same signal (status 130 or 143), so that a loop around it
 # stops too.  Relative paths (the folder, --data_dir) are relative to

@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hparams as hparams_lib  # noqa: E402
-from errors import RunFailed, UsageError  # noqa: E402
+from runtime.errors import RunFailed, UsageError  # noqa: E402
 
 
 def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
@@ -118,12 +118,12 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
     one that holds a finished run is refused (nothing is overwritten).
     `verbose`: Keras' fit verbosity; `logs`: its TensorBoard session and
     progress lines (RunLogs)."""
-    import atomic
+    from runtime import atomic
     import dataloader
     import datasets
-    import faults
-    import folders
-    import step_cache
+    from runtime import faults
+    from runtime import folders
+    from runtime import step_cache
     logs = logs or RunLogs()
     hparams_lib.check(hp)
     folders.check_writable(workdir, "--workdir")
@@ -150,7 +150,7 @@ def train_and_evaluate(hp, workdir, verbose="auto", callbacks=(),
     end_session(logs, workdir, failed=metrics["diverged"])
     shutil.rmtree(os.path.join(workdir, "backup"), ignore_errors=True)
     step_cache.keep(graph, model)
-    import xla_cache
+    from runtime import xla_cache
     xla_cache.publish()  # what this run compiled, for later processes
     return metrics
 
@@ -169,9 +169,9 @@ def fit(model, data, hp, workdir, verbose, callbacks, logs: RunLogs):
     import keras
 
     import tensorboard_hparams
-    import faults
+    from runtime import faults
     import optimizers
-    import resume
+    from runtime import resume
     import trackers
     schedules = learning_rates(hp, data.steps_per_epoch)
     if not model.learned_feedback:
@@ -214,7 +214,7 @@ def fit(model, data, hp, workdir, verbose, callbacks, logs: RunLogs):
 
 
 def progress_of(hp, data, logs: RunLogs):
-    import progress
+    from runtime import progress
     return progress.for_run(hp["epochs"], data.steps_per_epoch,
                             single_run=logs.single_run)
 
@@ -256,8 +256,8 @@ def final_metrics(model, data, history) -> dict:
 
 
 def main(flag_values):
-    import progress
-    import quiet
+    from runtime import progress
+    from runtime import quiet
     workdir = flag_values.workdir
     if not workdir:
         raise UsageError("--workdir is required (where the run writes its "

@@ -8,10 +8,10 @@ import os
 import time
 import traceback
 
-from errors import storage_error
+from runtime.errors import storage_error
 from hparams import value_text
 from sweep_plan import Sweep, execution_dir
-from folders import read_json
+from runtime.folders import read_json
 from sweep_results import finished_trials, mean_metrics, objective_value
 
 
@@ -21,7 +21,7 @@ def run_trial(sweep: Sweep, hp, verbose, announce=False, workers=1) -> dict:
     rerun.  `announce`: one line when it starts, one per epoch (a live line
     on a terminal: progress.py), one when it ends."""
     import keras_tuner
-    import progress
+    from runtime import progress
     import train
     index = sweep.index_of(hp)
     name = sweep.trial_name(index)
@@ -82,7 +82,7 @@ def describe(hp, searched) -> str:
 def run_execution(hp, workdir, verbose, logs=None):
     """(metrics, failure reason or None) of one run, reusing a finished
     one.  A failure is written to failure.json before it is reported."""
-    import atomic
+    from runtime import atomic
     import train
     failed = read_json(os.path.join(workdir, "failure.json"))
     if failed:
@@ -95,7 +95,7 @@ def run_execution(hp, workdir, verbose, logs=None):
         except Exception as error:  # a trial's crash must not end the sweep
             if storage_error(error, workdir):
                 raise  # the disk's fault, not the trial's: stop the sweep
-            import quiet
+            from runtime import quiet
             if quiet.verbose():
                 traceback.print_exc()
             reason = f"{type(error).__name__}: {error}".splitlines()[0]

@@ -51,11 +51,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import faults  # noqa: E402
-import folders  # noqa: E402
+from runtime import faults  # noqa: E402
+from runtime import folders  # noqa: E402
 import launcher  # noqa: E402
-import sweep_lock  # noqa: E402
-from errors import Interrupted, StorageError, UsageError  # noqa: E402
+from runtime import sweep_lock  # noqa: E402
+from runtime.errors import Interrupted, StorageError, UsageError  # noqa: E402
 from sweep_plan import (Sweep, check_extends, check_records,  # noqa: E402
                         is_worker, open_sweep, plan_grid, search_space)
 from sweep_results import RESULTS_FILE, show_table, write_results  # noqa
@@ -126,7 +126,7 @@ def holding(sweep_dir):
 def open_sweep_and_tuner(sweep_dir, space, configs, workers, verbose):
     """The sweep's plan (sweep.json, written or widened), its TensorBoard
     experiment and its keras-tuner tuner (TensorFlow loads here)."""
-    import quiet
+    from runtime import quiet
     details = verbose and quiet.verbose()  # -v: keras-tuner's own output
     sweep = open_sweep(sweep_dir, configs, space, {"workers": workers})
     import grid_search
@@ -146,7 +146,7 @@ def search(tuner, sweep: Sweep, given, workers, verbose):
     a failed write stops it (StorageError), as does an interrupt, with
     results.csv holding what finished."""
     import keras_tuner
-    import quiet
+    from runtime import quiet
     details = verbose and quiet.verbose()
     try:
         if workers > 1:

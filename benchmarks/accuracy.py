@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import quiet  # noqa: E402
+from runtime import quiet  # noqa: E402
 
 quiet.install()  # TensorFlow's start-up lines hidden, as in train.py
 
@@ -128,7 +128,7 @@ def test_accuracy_at(epochs, test_data, record):
 def run(hp, workdir, test_epochs=()):
     """Final metrics of one run (plus test accuracy after `test_epochs`,
     under "test_accuracy_by_epoch"), reusing a finished identical run."""
-    import atomic
+    from runtime import atomic
     import train
     done = os.path.join(workdir, "metrics.json")
     extra = os.path.join(workdir, "test_accuracy_by_epoch.json")
@@ -281,7 +281,7 @@ def main(argv=None):
     parts = {name: run_part(args, started)
              for name, (seeds, run_part) in PARTS.items()
              if getattr(args, seeds)}
-    import atomic
+    from runtime import atomic
     old = ""
     if os.path.exists(args.out):
         with open(args.out) as f:

@@ -56,7 +56,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import quiet  # noqa: E402
+from runtime import quiet  # noqa: E402
 
 quiet.install()  # TensorFlow's start-up lines hidden, as in train.py
 
@@ -457,7 +457,7 @@ def main(argv=None):
         print(format_table(arch, results, measure, roof, args.batch_size),
               flush=True)
     if args.json:
-        import atomic
+        from runtime import atomic
         atomic.write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0

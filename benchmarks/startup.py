@@ -242,7 +242,7 @@ def main(argv=None):
     sys.path.insert(0, os.path.abspath(args.repo))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:  # as the entry points do, where the checkout has it
-        import xla_cache
+        from runtime import xla_cache
         xla_cache.install()
         cache = xla_cache.root() or "off"
     except ImportError:

@@ -28,8 +28,9 @@ def repo_copy(tmp_path):
         path = os.path.join(ROOT, name)
         if name.endswith(".py") or name in ("train.bash", "Pipfile.lock"):
             shutil.copy2(path, copy / name)
-        elif name == "scripts":
-            shutil.copytree(path, copy / name)
+        elif name in ("scripts", "runtime"):
+            shutil.copytree(path, copy / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
     os.symlink(os.path.join(ROOT, ".venv"), copy / ".venv")
     return copy
 
@@ -50,7 +51,7 @@ def no_steps_kept_from_another_test():
     """Each test starts with no compiled steps kept (step_cache.py): a test
     that patches the model's code must trace it, whatever ran before in
     this process."""
-    import step_cache
+    from runtime import step_cache
     step_cache.clear()
     yield
     step_cache.clear()

@@ -16,7 +16,7 @@ import pytest
 import cli
 import hparams
 import report
-import folders
+from runtime import folders
 import sweep_plan
 import train
 import tune
@@ -447,7 +447,7 @@ def test_refusals_that_need_no_tensorflow_come_before_it(small_sweep,
     """A finished --workdir, a sweep folder in use and a sweep rerun with a
     changed setting are refused before TensorFlow is imported (at once,
     not after its 5 s import and the data)."""
-    import sweep_lock
+    from runtime import sweep_lock
     finished = tmp_path / "finished"
     finished.mkdir()
     (finished / "metrics.json").write_text("{}")

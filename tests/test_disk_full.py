@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 
 import cli
-import faults
-import folders
-import resume
+from runtime import faults
+from runtime import folders
+from runtime import resume
 import tune
 from conftest import ROOT
 

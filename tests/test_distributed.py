@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-import resume
+from runtime import resume
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--dataset=digits", "--algorithm=dfa,bp,cce", "--lr=1e-3,1e-2",

@@ -2,6 +2,8 @@
 statistics (torchvision's Normalize), and `--augment`'s flips and crops,
 keyed by (seed, epoch, batch), each against what it must compute."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,7 +17,8 @@ import hparams
 def fake_arrays(monkeypatch, x_train, x_test):
     raw = datasets.Arrays(x_train, np.arange(len(x_train)) % 2, x_test,
                           np.arange(len(x_test)) % 2, 255.0, 2)
-    monkeypatch.setitem(datasets.LOADERS, "digits", lambda *a: raw)
+    monkeypatch.setitem(datasets.SPECS, "digits", dataclasses.replace(
+        datasets.SPECS["digits"], load=lambda *a: raw))
     datasets._cached_arrays.cache_clear()
 
 

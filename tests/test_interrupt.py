@@ -22,7 +22,7 @@ import pytest
 
 import cli
 import train
-import folders
+from runtime import folders
 import tune
 from conftest import ROOT
 

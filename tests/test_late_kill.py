@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import cli
-import folders
-import resume
+from runtime import folders
+from runtime import resume
 import train
 from conftest import ROOT
 

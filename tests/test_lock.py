@@ -11,8 +11,8 @@ import time
 
 import pandas as pd
 
-import sweep_lock
-import resume
+from runtime import sweep_lock
+from runtime import resume
 from conftest import ROOT
 
 FLAGS = ["--dataset=digits", "--algorithm=dfa", "--lr=1e-3",

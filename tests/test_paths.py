@@ -14,7 +14,7 @@ import pandas as pd
 import cli
 import datasets
 import hparams
-import resume
+from runtime import resume
 import tune
 from conftest import ROOT
 

@@ -8,7 +8,7 @@ import re
 import keras
 import pytest
 
-import atomic
+from runtime import atomic
 import hparams
 import train
 import tune

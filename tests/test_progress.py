@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-import progress
-import resume
+from runtime import progress
+from runtime import resume
 from conftest import ROOT
 
 HAS_VENV = pytest.mark.skipif(

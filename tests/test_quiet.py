@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import cli
-import quiet
+from runtime import quiet
 import train
 import tune
 from conftest import ROOT

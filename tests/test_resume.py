@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import folders
-import resume
+from runtime import folders
+from runtime import resume
 import tune
-from errors import UsageError
+from runtime.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--dataset=digits", "--algorithm=dfa,bp,drtp", "--lr=1e-3,1e-2",

@@ -13,9 +13,9 @@ import time
 import pytest
 
 import cli
-import quiet
-import stderr_filter
-import xla_cache
+from runtime import quiet
+from runtime import stderr_filter
+from runtime import xla_cache
 from conftest import ROOT
 
 # What TensorFlow 2.21 printed for each entry loaded from a warm cache (the
@@ -123,7 +123,7 @@ def child(body, verbose=False, **popen):
     script = "\n".join([
         "import os, signal, subprocess, sys",
         f"sys.path.insert(0, {ROOT!r})",
-        "import stderr_filter",
+        "from runtime import stderr_filter",
         "stderr_filter.install()",
         "print(stderr_filter._process and stderr_filter._process.pid, "
         "flush=True)",
@@ -190,7 +190,7 @@ def test_at_exit_the_filter_finishes_before_the_process_ends(tmp_path):
 def test_a_worker_writes_through_its_parents_filter_and_adds_none():
     worker = "\n".join([
         "import os, sys", f"sys.path.insert(0, {ROOT!r})",
-        "import stderr_filter", "stderr_filter.install()",
+        "from runtime import stderr_filter", "stderr_filter.install()",
         "print('worker filter:', stderr_filter._process, flush=True)",
         f"os.write(2, {AOT.format('+prefer-no-gather')!r}.encode() + "
         "b'\\n')",

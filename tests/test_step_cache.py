@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import hparams
-import step_cache
+from runtime import step_cache
 import train
 
 TRIALS = [dict(seed=0, lr=1e-2, fb_lr=1e-3), dict(seed=3, lr=3e-3, fb_lr=1e-2)]

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-import quiet
-import stderr_filter
-import xla_cache
+from runtime import quiet
+from runtime import stderr_filter
+from runtime import xla_cache
 from conftest import ROOT
 from test_quiet import CPP_LOG
 

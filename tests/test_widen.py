@@ -11,10 +11,10 @@ import subprocess
 import pandas as pd
 import pytest
 
-import resume
+from runtime import resume
 import sweep_plan
 import tune
-from errors import UsageError
+from runtime.errors import UsageError
 from conftest import ROOT, edit_grid, repo_copy
 
 GIVEN = {"dataset": ("digits",), "arch": ("8",), "epochs": (1,),

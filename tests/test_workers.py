@@ -15,8 +15,8 @@ import pytest
 
 import cli
 import grid_search
-import resume
-import step_cache
+from runtime import resume
+from runtime import step_cache
 import tune
 from conftest import ROOT
 

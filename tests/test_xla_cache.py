@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 
-import xla_cache
+from runtime import xla_cache
 from conftest import ROOT
 
 RUN = ["--dataset=digits", "--arch=8", "--epochs=1", "--algorithm=dfa",

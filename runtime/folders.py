@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-from errors import UsageError
+from runtime.errors import UsageError
 
 
 def check_writable(path: str, flag: str) -> None:

@@ -156,7 +156,7 @@ def wanted() -> bool:
     """Whether this process should filter its stderr (see the docstring)."""
     import fcntl
 
-    import quiet
+    from runtime import quiet
     if quiet.verbose() or "tensorflow" in sys.modules or \
             os.name != "posix" or not sys.executable:
         return False

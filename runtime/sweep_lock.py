@@ -22,7 +22,7 @@ import platform
 import sys
 import time
 
-from errors import StorageError, UsageError
+from runtime.errors import StorageError, UsageError
 
 LOCK_FILE = "sweep.lock"
 _held: dict = {}  # real path of a sweep folder -> its SweepLock

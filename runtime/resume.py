@@ -26,10 +26,10 @@ import time
 import keras
 import numpy as np
 
-import atomic
-import faults
-from errors import StorageError
-from folders import read_json
+from runtime import atomic
+from runtime import faults
+from runtime.errors import StorageError
+from runtime.folders import read_json
 
 STATE = "state.json"
 ATTEMPTS = "attempts.jsonl"

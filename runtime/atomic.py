@@ -15,8 +15,8 @@ import json
 import os
 import secrets
 
-import faults
-from errors import StorageError
+from runtime import faults
+from runtime.errors import StorageError
 
 
 def _new_file(folder: str, name: str) -> str:
