@@ -10,8 +10,8 @@ import pytest
 import arch
 import cli
 import hparams
-import sweep_plan
 import shapes
+import sweep_plan
 import train
 import tune
 from model import ProjectionModel
@@ -344,3 +344,14 @@ def test_image_size_resizes_every_split_in_the_pipeline():
         hparams.make(dataset="digits", image_size=12,
                      problem_type="reconstruction", algorithm="mse",
                      objective="loss")
+
+
+def test_arch_grammar():
+    blocks = arch.parse("32C5-P2-64C3-P2-256")
+    assert [(b.kind, b.units, b.kernel, b.post and b.post.token)
+            for b in blocks] == [
+        ("conv", 32, 5, "P2"), ("conv", 64, 3, "P2"), ("dense", 256, 0, None)]
+    assert [(b.stride, b.padding, b.pre) for b in blocks] == [
+        (1, "same", None)] * 3
+    with pytest.raises(hparams.UsageError):
+        arch.parse("32C5-P2-P2")
