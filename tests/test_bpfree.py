@@ -8,10 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import hparams
 import train
 from conftest import ROOT
+
+# Starts processes, kills them or fills disks (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
 
 LOAD = """
 import sys

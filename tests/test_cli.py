@@ -264,6 +264,7 @@ def test_diverged_single_run_says_so_and_exits_3(tmp_path, capsys):
     assert os.path.exists(out / "history.csv")
 
 
+@pytest.mark.slow
 def test_real_command_prints_one_line(tmp_path):
     """The same through a real process: nothing else reaches stderr."""
     result = subprocess.run(
@@ -284,6 +285,7 @@ def test_real_command_prints_one_line(tmp_path):
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".venv")),
                     reason="train.bash needs the project's .venv")
+@pytest.mark.slow
 def test_train_bash_refuses_a_damaged_file_once(tmp_path, bad_data):
     """Through train.bash: one line on stderr (TensorFlow, which the sweep
     imports to check its grid, prints nothing), exit 2, no restart."""
@@ -315,6 +317,7 @@ print(status, "tensorflow" in sys.modules)
 """
 
 
+@pytest.mark.slow
 def test_refusals_that_need_no_tensorflow_come_before_it(small_sweep,
                                                           tmp_path):
     """A finished --workdir, a sweep folder in use and a sweep rerun with a

@@ -27,6 +27,9 @@ from runtime import resume
 import tune
 from conftest import ROOT
 
+# Starts processes, kills them or fills disks (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
+
 FLAGS = ["--dataset=digits", "--algorithm=dfa,bp", "--lr=1e-3,1e-2",
          "--arch=16", "--epochs=2", "--objective=loss", "--use_xla=false",
          "--batch_norm=false"]

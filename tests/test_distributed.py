@@ -7,8 +7,12 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from runtime import resume
+
+# Starts processes, kills them or fills disks (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--dataset=digits", "--algorithm=dfa,bp,cce", "--lr=1e-3,1e-2",

@@ -21,6 +21,9 @@ import train
 import tune
 from conftest import ROOT
 
+# Starts processes, kills them or fills disks (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
+
 SWEEP_FLAGS = ["--dataset=digits", "--arch=8", "--epochs=1", "--lr=1e-3",
                "--algorithm=dfa", "--objective=loss", "--use_xla=false",
                "--batch_norm=false"]

@@ -119,6 +119,7 @@ def test_an_edited_grid_is_checked_like_a_flag(case, tmp_path, capsys,
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".venv")),
                     reason="train.bash needs the project's .venv")
+@pytest.mark.slow
 @pytest.mark.parametrize("case", HPARAMS_EDITS)
 def test_train_bash_refuses_an_edited_grid_once(case, tmp_path):
     """The user's way: hparams.py edited, then train.bash: one line on

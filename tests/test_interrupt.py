@@ -26,6 +26,9 @@ from runtime import folders
 import tune
 from conftest import ROOT
 
+# Starts processes, kills them or fills disks (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
+
 RUN = ["--dataset=digits", "--arch=16", "--epochs=2", "--use_xla=false",
        "--dropout=0.1", "--algorithm=dfa", "--batch_size=32"]
 # 1,293 training examples in batches of 32, 8 a call: 6 calls an epoch.

@@ -14,6 +14,9 @@ from runtime import resume
 import train
 from conftest import ROOT
 
+# Starts processes, kills them or fills disks (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
+
 FLAGS = ["--dataset=digits", "--arch=16", "--epochs=2", "--use_xla=false",
          "--dropout=0.1", "--algorithm=dfa", "--batch_size=32"]
 TIMING = ("train_seconds", "compile_seconds")

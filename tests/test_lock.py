@@ -10,10 +10,14 @@ import subprocess
 import time
 
 import pandas as pd
+import pytest
 
 from runtime import sweep_lock
 from runtime import resume
 from conftest import ROOT
+
+# Starts processes, kills them or fills disks (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
 
 FLAGS = ["--dataset=digits", "--algorithm=dfa", "--lr=1e-3",
          "--arch=16", "--epochs=2", "--objective=loss", "--use_xla=false",

@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import cli
 import datasets
@@ -17,6 +18,9 @@ import hparams
 from runtime import resume
 import tune
 from conftest import ROOT
+
+# Starts processes, kills them or fills disks (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
 
 FLAGS = ["--dataset=mnist", "--arch=8", "--epochs=1", "--lr=1e-3,1e-2",
          "--objective=loss", "--use_xla=false", "--batch_norm=false",

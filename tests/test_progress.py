@@ -28,6 +28,7 @@ def user_env():
                          "BPFREE_KILL_AT")}
 
 
+@pytest.mark.slow
 @HAS_VENV
 def test_a_sweep_written_to_a_file_logs_one_line_per_epoch(tmp_path):
     log = tmp_path / "sweep.log"
@@ -69,6 +70,7 @@ def read_all(fd) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow
 def test_on_a_terminal_the_line_is_redrawn_in_place(tmp_path):
     """Under a pseudo-terminal: the live line (step, loss) is drawn with a
     carriage return and cleared before the trial's last line."""

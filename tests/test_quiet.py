@@ -55,6 +55,7 @@ def sweep_output(tmp_path, *flags):
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".venv")),
                     reason="train.bash needs the project's .venv")
+@pytest.mark.slow
 def test_quickstart_sweep_prints_a_line_per_epoch_and_no_tf_noise(
         tmp_path):
     result, lines = sweep_output(tmp_path)

@@ -252,6 +252,7 @@ def run_train(workdir, kill_at=None):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_ends_bit_identical_with_the_same_rates(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run_train(whole).returncode == 0
@@ -287,6 +288,7 @@ def readme_command(marker):
     return shlex.split(block.replace("\\\n", " "))
 
 
+@pytest.mark.slow
 def test_readme_dkp_cifar10_command_trains_on_cifar_files(tmp_path):
     """Acceptance: the README's command, on CIFAR-format files, for one
     epoch (its data folder, epochs and workdir replaced)."""

@@ -28,6 +28,9 @@ from conftest import ROOT
 from hparams import ALGORITHMS
 from test_data import write_cifar
 
+# Trains real networks end to end, for long (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cifar10(tmp_path_factory):

@@ -56,6 +56,7 @@ def table(sweep):
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".venv")),
                     reason="train.bash needs the project's .venv")
+@pytest.mark.slow
 def test_sweep_killed_three_times_ends_like_an_uninterrupted_one(tmp_path):
     reference = str(tmp_path / "uninterrupted")
     tune.run_sweep(GIVEN, reference, verbose=False)
@@ -103,6 +104,7 @@ def test_sweep_killed_three_times_ends_like_an_uninterrupted_one(tmp_path):
     assert plan["invocations"][0]["versions"]["tensorflow"]
 
 
+@pytest.mark.slow
 def test_a_rerun_with_another_grid_is_refused(tmp_path):
     sweep = str(tmp_path / "exp")
     quick = {"dataset": ("digits",), "arch": ("8",), "epochs": (1,),

@@ -77,6 +77,7 @@ def test_only_the_lines_a_cache_load_logs_are_harmless():
         b"42\n", b"")
 
 
+@pytest.mark.slow
 def test_a_stream_cut_anywhere_loses_only_the_harmless_lines():
     lines = [line for pair in zip(KEPT, HARMLESS * 4) for line in pair]
     stream = ("\n".join(lines) + "\nno newline at the end").encode()
@@ -100,6 +101,7 @@ def read_for(pipe, seconds):
     return got
 
 
+@pytest.mark.slow
 def test_the_start_of_a_line_is_written_at_once():
     done = subprocess.Popen(FILTER, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE)
@@ -145,6 +147,7 @@ DEATHS = {"abort": f"{NO_CORE}; os.abort()", "os._exit": "os._exit(3)",
           "exit": "sys.exit(2)"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("death", DEATHS)
 def test_the_last_words_get_through_however_the_process_ends(death):
     done = child("sys.stderr.write('Fatal Python error: x\\n')\n"
@@ -159,6 +162,7 @@ def test_the_last_words_get_through_however_the_process_ends(death):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM,
                                     signal.SIGHUP])
+@pytest.mark.slow
 def test_a_signal_to_the_whole_group_ends_the_process_not_the_filter(signum):
     """Ctrl-C reaches every process of the terminal's foreground group."""
     done = child(f"sys.stderr.write('before the signal\\n')\n"
@@ -172,6 +176,7 @@ def test_a_signal_to_the_whole_group_ends_the_process_not_the_filter(signum):
         assert lines[-1] == "KeyboardInterrupt"
 
 
+@pytest.mark.slow
 def test_at_exit_the_filter_finishes_before_the_process_ends(tmp_path):
     """...so that the last error line comes before the shell's prompt."""
     with open(tmp_path / "stderr", "wb") as stderr:
@@ -187,6 +192,7 @@ def test_at_exit_the_filter_finishes_before_the_process_ends(tmp_path):
     assert (tmp_path / "stderr").read_text() == "error: the last words\n"
 
 
+@pytest.mark.slow
 def test_a_worker_writes_through_its_parents_filter_and_adds_none():
     worker = "\n".join([
         "import os, sys", f"sys.path.insert(0, {ROOT!r})",
@@ -201,6 +207,7 @@ def test_a_worker_writes_through_its_parents_filter_and_adds_none():
     assert err.decode() == "worker: a real line\n"
 
 
+@pytest.mark.slow
 def test_not_installed_when_verbose_or_stderr_unwritable_or_in_a_test(
         monkeypatch):
     done = child("", verbose=True)

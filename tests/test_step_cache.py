@@ -15,6 +15,9 @@ import hparams
 from runtime import step_cache
 import train
 
+# Trains real networks end to end, for long (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
+
 TRIALS = [dict(seed=0, lr=1e-2, fb_lr=1e-3), dict(seed=3, lr=3e-3, fb_lr=1e-2)]
 
 

@@ -19,6 +19,9 @@ import pytest
 
 import tune
 
+# Starts processes, kills them or fills disks (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
+
 EPOCHS = 2
 QUICK = {"dataset": ("digits",), "arch": ("8",), "epochs": (EPOCHS,),
          "objective": ("val_loss",), "use_xla": (False,),

@@ -14,6 +14,9 @@ from runtime import xla_cache
 from conftest import ROOT
 from test_quiet import CPP_LOG
 
+# Starts processes, kills them or fills disks (-m "not slow" leaves it out).
+pytestmark = pytest.mark.slow
+
 
 def quickstart(sweep_dir, cache):
     """The README's first command, in a user's environment (none of the

@@ -73,6 +73,7 @@ def test_a_rerun_that_changes_a_fixed_setting_is_refused_naming_it(
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".venv")),
                     reason="train.bash needs the project's .venv")
+@pytest.mark.slow
 def test_a_grid_widened_in_hparams_py_continues_the_sweep(tmp_path):
     """The README's way to widen a sweep: edit `grid=` in hparams.py, rerun
     the same command into the same folder."""

@@ -73,6 +73,7 @@ def serial(tmp_path_factory):
     return table(sweep)
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_serial_results_bit_for_bit_through_crashes(
         serial, tmp_path):
     # Every worker process SIGKILLs itself after its 3rd backed-up epoch
@@ -116,6 +117,7 @@ def stopped_processes(group):
     return [pid for pid, state in processes(group).items() if state == "T"]
 
 
+@pytest.mark.slow
 def test_a_parallel_sweep_killed_as_a_group_resumes_each_trial_once(
         serial, tmp_path):
     # Both workers stop themselves inside their second trial, after its
@@ -158,6 +160,7 @@ def test_a_bad_number_of_workers_is_one_line_before_anything_is_written(
     assert not sweep.exists()
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_sweep_stops_every_worker(tmp_path):
     sweep = str(tmp_path / "exp")
     run = train_bash(sweep, "--workers=2", "--epochs=50")

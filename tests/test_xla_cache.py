@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from runtime import xla_cache
 from conftest import ROOT
 
@@ -35,6 +37,7 @@ def published(cache):
         os.path.join(cache, os.listdir(cache)[0])))
 
 
+@pytest.mark.slow
 def test_a_second_process_loads_what_the_first_compiled(tmp_path):
     cache = tmp_path / "cache"
     first = single_run(tmp_path / "a", cache)
@@ -47,6 +50,7 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
     assert os.listdir(os.path.join(cache, shared, "tmp")) == []  # tidied
 
 
+@pytest.mark.slow
 def test_entries_of_a_killed_process_are_discarded_not_published(
         tmp_path, monkeypatch):
     monkeypatch.setenv(xla_cache.ENV, str(tmp_path))
