@@ -230,10 +230,9 @@ class ProjectionModel(keras.Model):
         return self.output_function(logits32(self.forward(x, training)[1]))
 
     def target(self, y):
-        """What the output is scored against: one-hot labels or flat x.
-        Class ids (integers, as the dataset files hold them: shape (N,) or
-        (N, 1)) are made one-hot, so that a loaded model evaluates on
-        either; the training pipelines give one-hot labels already."""
+        """What the output is scored against: one-hot labels (class ids,
+        (N,) or (N, 1), as dataset files hold them, are made one-hot: a
+        loaded model evaluates on either) or flat x."""
         if not self.classify:
             return tf.reshape(y, (tf.shape(y)[0], -1))
         classes = self.spec["target_dim"]

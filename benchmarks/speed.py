@@ -65,10 +65,9 @@ import hparams as hparams_lib  # noqa: E402
 from speed_reference import (CLASSES, INPUT_SHAPE,  # noqa: E402
                              HandwrittenRunner, MatmulRoof, input_shape_of,
                              theoretical_macs)
+from speed_report import HANDWRITTEN, WIDE_MLP, format_table  # noqa: E402
 
-DEFAULT_ARCHS = ("1000-1000-1000", "16C5-P2-64", "fdfa_conv_mnist",
-                 "resnet20")
-HANDWRITTEN = "handwritten_bp"
+DEFAULT_ARCHS = (WIDE_MLP, "16C5-P2-64", "fdfa_conv_mnist", "resnet20")
 SYNTHETIC_EXAMPLES = 8192
 
 
@@ -224,12 +223,6 @@ def peak_rss_mb():
     raise OSError("no VmHWM")
 
 
-MEMORY_MEASURES = {
-    "gpu": "peak of TF's GPU allocator, model build to end of training",
-    "rss": "peak RSS after warm-up minus RSS before the model was built",
-}
-
-
 def memory_probe(arch, rule, args):
     """Peak memory of training `rule` alone (run in a fresh process)."""
     import tensorflow as tf
@@ -360,71 +353,6 @@ def summarize(arch, seconds, ratios, reference, args):
             "peak_mem_mb": None, "state_mb": None,
         }
     return results
-
-
-# --- Report -----------------------------------------------------------------
-
-
-def format_table(arch, results, measure, roof, batch):
-    shape = "×".join(map(str, input_shape_of(arch)))
-    lines = [f"\narch {arch} ({shape} inputs, 10 classes)",
-             f"{'rule':<15}{'samples/s':>10}{'ms/step':>9}{'vs bp':>7}"
-             f"{'quartiles':>12}{'MACs':>6}{'state MB':>9}"
-             f"{'peak MB':>8}"]
-    for name, r in results.items():
-        lines.append(
-            f"{name:<15}{r['samples_per_s']:>10.0f}{r['step_ms']:>9.2f}"
-            f"{r['step_time_vs_bp']:>7.2f}"
-            f"{r['ratio_q1']:>7.2f}–{r['ratio_q3']:<4.2f}"
-            f"{r['macs_vs_bp']:>6.2f}"
-            f"{_mb(r['state_mb']):>9}{_mb(r['peak_mem_mb']):>8}")
-    lines.append(f"matmul roof ({batch}×1000 · 1000×1000, tf.function, "
-                 f"median over the rounds): {roof:.1f} GFLOP/s")
-    if "bp" in results:
-        flops = (2 * theoretical_macs("bp", arch)
-                 * results["bp"]["samples_per_s"] / 1e9)
-        lines.append(f"BP runs its matmuls/convs at {flops:.1f} GFLOP/s, "
-                     f"{100 * flops / roof:.0f}% of the roof")
-    lines.append("vs bp: median over rounds of (step time / BP's step time "
-                 "in adjacent windows), with its quartiles; MACs: "
-                 "multiply-adds of the step / BP's; state MB: variables and "
-                 "optimizer slots")
-    if measure:
-        lines.append(f"peak MB: {MEMORY_MEASURES[measure]}")
-    lines += check_lines(arch, results)
-    return "\n".join(lines)
-
-
-def _mb(value):
-    return "-" if value is None else f"{value:.0f}"
-
-
-# Step time limits against BP's (the project's speed targets): any rule
-# 1.5, FDFA (an extra forward-mode pass) 2.5, DFA on the wide MLP 0.8 (it
-# needs 0.74× BP's multiply-adds), framework BP against the hand-written 1.1.
-LIMITS = {"fdfa": 2.5, "other": 1.5, "handwritten": 1.1}
-WIDE_MLP_LIMITS = {"dfa": 0.8}
-
-
-def check_lines(arch, results):
-    """One line per speed target: the ratio, the limit, ok or OVER."""
-    if "bp" not in results:
-        return []
-    checks = []
-    if HANDWRITTEN in results:
-        checks.append(("framework BP / hand-written BP",
-                       1 / results[HANDWRITTEN]["step_time_vs_bp"],
-                       LIMITS["handwritten"]))
-    for rule, r in results.items():
-        if rule in ("bp", HANDWRITTEN):
-            continue
-        limit = LIMITS.get(rule, LIMITS["other"])
-        if arch == DEFAULT_ARCHS[0]:
-            limit = WIDE_MLP_LIMITS.get(rule, limit)
-        checks.append((f"{rule} / bp", r["step_time_vs_bp"], limit))
-    return [f"check {name}: {ratio:.2f} (limit {limit}) "
-            f"{'ok' if ratio <= limit else 'OVER'}"
-            for name, ratio, limit in checks]
 
 
 def main(argv=None):

@@ -172,3 +172,18 @@ def test_digits_pipelines_for_both_problems():
     x, target = next(iter(recon.test))
     np.testing.assert_array_equal(x, target)
     assert recon.validation is None and recon.target_dim == 64
+
+
+def test_the_readme_lists_every_dataset_and_its_files():
+    """README's table of data files is datasets.SPECS' (digits: none)."""
+    import re
+
+    from conftest import ROOT
+    with open(os.path.join(ROOT, "README.md")) as f:
+        rows = dict(re.findall(r"^\| (\w+) \| (.+) \|$", f.read(), re.M))
+    for name, spec in datasets.SPECS.items():
+        if name == "digits":
+            continue
+        assert name in rows, name
+        assert rows[name].replace("`", "") == spec.files.replace(
+            "`", ""), name
