@@ -103,8 +103,10 @@ def run(argv: list[str], main: Callable, extra: dict[str, str]) -> int:
         quiet.set_verbose(flag_values.verbose)
         quiet.install()
         if getattr(main, "__module__", None) == "__main__":
-            from runtime import stderr_filter  # (the program's own main, not a test's
-            stderr_filter.install()  # call: for the process's whole life)
+            # The program's own main, not a test's call: for the process's
+            # whole life.
+            from runtime import stderr_filter
+            stderr_filter.install()
         from runtime import xla_cache
         xla_cache.install()  # (before TensorFlow reads TF_XLA_FLAGS)
         main(flag_values)
@@ -141,7 +143,8 @@ def stop_on_signals() -> None:
 def exit_with(status: int) -> None:
     """Ends an entry point with `status`; after an interrupt (130, 143),
     by the signal itself once the exit handlers ran (what was compiled
-    published, stderr flushed), as Python does after a Ctrl-C.  Registered first, the handler runs last."""
+    published, stderr flushed), as Python does after a Ctrl-C.
+    Registered first, the handler runs last."""
     signum = {128 + s: s for s in STOP_SIGNALS}.get(status)
     if signum is not None:
         def die():

@@ -112,11 +112,7 @@ class Field:
             return (f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}, but "
                     f"{self.name} takes {self.type.__name__} values"
                     f"{_spelling_hint(value, self.type)}")
-        try:
-            self.validate(value)
-        except UsageError as error:
-            return str(error)
-        return None
+        return refusal(self.validate, value)
 
     def parse(self, text: str) -> tuple:
         """Parses a flag's text into the tuple of values it names."""
@@ -165,8 +161,13 @@ def seed_in_range(value) -> str | None:
 
 
 def arch_string(value) -> str | None:
+    return refusal(arch.parse, value)
+
+
+def refusal(check: Callable[[Any], Any], value) -> str | None:
+    """The line `check(value)` refuses `value` with, or None."""
     try:
-        arch.parse(value)
+        check(value)
     except UsageError as error:
         return str(error)
     return None

@@ -97,7 +97,8 @@ FIELDS: tuple[Field, ...] = (
           grid=("dfa",)),
     Field("arch", str, datasets.SPECS["digits"].default_arch, "Blocks "
           "separated by -, e.g. 500-500, 32C5-P2-64C3-P2-256, "
-          "15C5v:bn-40C5v:bn-P2+128:bn (N: dense, NCk[sS][v|pP]: conv, RN[sS]: residual unit, "
+          "15C5v:bn-40C5v:bn-P2+128:bn (N: dense, NCk[sS][v|pP]: conv, "
+          "RN[sS]: residual unit, "
           "Pk[sS]/Ak[sS]: max/average pool, G: global average pool, "
           "X+: pool after the feedback point, :bn :nobn :bias :nobias "
           ":dRATE: block options; arch.py), or a reference network: "

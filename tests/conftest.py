@@ -99,7 +99,7 @@ def report_sweep(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tracked_report_sweep(tmp_path_factory):
+def tracked_sweep(tmp_path_factory):
     """A sweep of one execution per configuration, with trackers."""
     return sweep_of(tmp_path_factory, "tracked", REPORT_TRACKED)
 

@@ -17,36 +17,11 @@ import sweep_results
 from conftest import refused
 
 
-# The shared sweeps (tests/conftest.py), by their short names here.
-@pytest.fixture(scope="module")
-def sweep(report_sweep):
-    return report_sweep
 
-
-@pytest.fixture(scope="module")
-def tracked(tracked_report_sweep):
-    return tracked_report_sweep
-
-
-@pytest.fixture(scope="module")
-def one_rule(one_rule_sweep):
-    return one_rule_sweep
-
-
-@pytest.fixture(scope="module")
-def timed(timed_sweep):
-    return timed_sweep
-
-
-@pytest.fixture(scope="module")
-def untimed(untimed_sweep):
-    return untimed_sweep
-
-
-def test_table_is_mean_and_std_over_executions_best_first(sweep):
-    written = report.write_report(sweep)
+def test_table_is_mean_and_std_over_executions_best_first(report_sweep):
+    written = report.write_report(report_sweep)
     table = pd.read_csv(written["csv"])
-    runs = pd.read_csv(os.path.join(sweep, "results.csv"))
+    runs = pd.read_csv(os.path.join(report_sweep, "results.csv"))
     assert len(runs) == 4 and len(table) == 2
     for _, row in table.iterrows():
         mine = runs[runs["trial_id"] == row["trial_id"]]["test_accuracy"]
@@ -61,9 +36,9 @@ def test_table_is_mean_and_std_over_executions_best_first(sweep):
     assert text.index(best["trial_id"]) < text.index(table.iloc[1]["trial_id"])
 
 
-def test_report_of_an_interrupted_sweep(sweep, tmp_path):
+def test_report_of_an_interrupted_sweep(report_sweep, tmp_path):
     copy = str(tmp_path / "cut")
-    shutil.copytree(sweep, copy)
+    shutil.copytree(report_sweep, copy)
     runs = sweep_results.results_table(copy)
     cut = os.path.join(copy, "trials", runs["trial_id"].iloc[0], "exec1")
     os.remove(os.path.join(cut, "metrics.json"))  # as if killed mid-run
@@ -80,11 +55,11 @@ def test_cli_refuses_a_folder_that_is_not_a_sweep(tmp_path, capsys):
     assert not os.listdir(tmp_path)
 
 
-def test_header_names_what_ran_and_one_execution_has_no_spread(tracked):
-    written = report.write_report(tracked)
+def test_header_names_what_ran_and_one_execution_has_no_spread(tracked_sweep):
+    written = report.write_report(tracked_sweep)
     text = open(written["markdown"]).read()
     lines = text.splitlines()
-    assert lines[0] == f"# Sweep {tracked}"
+    assert lines[0] == f"# Sweep {tracked_sweep}"
     assert "**dataset** digits; **arch** 8; **epochs** 1." in lines
     assert "Rules: dfa, bp. Searched: algorithm. Objective: `loss` " \
            "(lower is better)." in lines
@@ -95,19 +70,19 @@ def test_header_names_what_ran_and_one_execution_has_no_spread(tracked):
     assert "optimizer=" not in pinned  # (a default)
     assert "±" not in text and "one execution each" in text
     table = pd.read_csv(written["csv"])
-    runs = pd.read_csv(os.path.join(tracked, "results.csv"))
+    runs = pd.read_csv(os.path.join(tracked_sweep, "results.csv"))
     for _, row in table.iterrows():
         accuracy = runs.set_index("trial_id").loc[row["trial_id"],
                                                   "test_accuracy"]
         assert f"| {accuracy:.4f} |" in text
 
 
-def test_tracker_columns_are_the_last_epochs_layer_means(tracked):
-    table = pd.read_csv(report.write_report(tracked)["csv"])
-    text = open(os.path.join(tracked, "report", "report.md")).read()
+def test_tracker_columns_are_the_last_epochs_layer_means(tracked_sweep):
+    table = pd.read_csv(report.write_report(tracked_sweep)["csv"])
+    text = open(os.path.join(tracked_sweep, "report", "report.md")).read()
     assert "| bp_cosine | weight_alignment |" in text
     for _, row in table.iterrows():
-        history = pd.read_csv(os.path.join(tracked, "trials",
+        history = pd.read_csv(os.path.join(tracked_sweep, "trials",
                                            row["trial_id"], "exec0",
                                            "history.csv"))
         hidden = [c for c in history if c.startswith("bp_cosine/")
@@ -124,9 +99,11 @@ def markdown_of(path) -> str:
     return report.markdown(data, report.configuration_table(data))
 
 
-def test_report_says_what_each_loss_and_metric_is(one_rule, sweep):
-    assert "`val_loss`" not in markdown_of(sweep)  # (no validation there)
-    text = markdown_of(one_rule)
+def test_report_says_what_each_loss_and_metric_is(one_rule_sweep,
+                                                  report_sweep):
+    # (no validation there)
+    assert "`val_loss`" not in markdown_of(report_sweep)
+    text = markdown_of(one_rule_sweep)
     bullets = text[text.index("## What the numbers are"):].splitlines()
     for names in (("`loss`", "`accuracy`"), ("`val_loss`", "`val_accuracy`"),
                   ("`test_loss`", "`test_accuracy`")):
@@ -139,7 +116,7 @@ def test_report_says_what_each_loss_and_metric_is(one_rule, sweep):
     assert "compil" in seconds
 
 
-def test_table_numbers_have_one_format_per_kind(timed):
+def test_table_numbers_have_one_format_per_kind(timed_sweep):
     def cell(metric, mean, std=0.0, completed=1):
         return report.mean_std({f"{metric}_mean": mean, f"{metric}_std": std,
                                 "completed": completed}, metric)
@@ -150,7 +127,7 @@ def test_table_numbers_have_one_format_per_kind(timed):
     assert cell("loss", 0.0) == "0.0000"
     assert cell("train_seconds", 4.1349) == "4.1"
     assert cell("train_seconds", 4.13, 3.03, 2) == "4.1 ± 3.0"
-    lines = markdown_of(timed).splitlines()
+    lines = markdown_of(timed_sweep).splitlines()
     header = next(line for line in lines
                   if line.startswith("| trial")).split(" | ")
     rows = [line.split(" | ") for line in lines if line.startswith("| t0")]

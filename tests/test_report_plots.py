@@ -14,57 +14,33 @@ import report_plots
 import sweep_results
 
 
-# The shared sweeps (tests/conftest.py), by their short names here.
-@pytest.fixture(scope="module")
-def sweep(report_sweep):
-    return report_sweep
-
-
-@pytest.fixture(scope="module")
-def tracked(tracked_report_sweep):
-    return tracked_report_sweep
-
-
-@pytest.fixture(scope="module")
-def one_rule(one_rule_sweep):
-    return one_rule_sweep
-
-
-@pytest.fixture(scope="module")
-def timed(timed_sweep):
-    return timed_sweep
-
-
-@pytest.fixture(scope="module")
-def untimed(untimed_sweep):
-    return untimed_sweep
-
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_plots_are_written(sweep):
-    written = report.write_report(sweep)
+def test_plots_are_written(report_sweep):
+    written = report.write_report(report_sweep)
     for name in ("learning_curves", "best_per_rule"):
         with open(written[name], "rb") as f:
             assert f.read(8) == PNG_MAGIC
         assert os.path.getsize(written[name]) > 10_000
 
 
-def test_a_sweep_with_trackers_gets_an_alignment_plot(tracked):
-    written = report.write_report(tracked)
+def test_a_sweep_with_trackers_gets_an_alignment_plot(tracked_sweep):
+    written = report.write_report(tracked_sweep)
     with open(written["alignment"], "rb") as f:
         assert f.read(8) == PNG_MAGIC
     assert not [n for n in os.listdir(os.path.dirname(written["alignment"]))
                 if n.startswith(".tmp")]
 
 
-def test_plots_have_titles_labels_and_bars_from_zero(sweep, tracked):
-    for path, executions in ((tracked, 1), (sweep, 2)):
+def test_plots_have_titles_labels_and_bars_from_zero(report_sweep,
+                                                     tracked_sweep):
+    for path, executions in ((tracked_sweep, 1), (report_sweep, 2)):
         data = sweep_results.load_records(path)
         drawn = report_plots.figures(data, report.configuration_table(data))
         assert set(drawn) == ({"learning_curves", "best_per_rule",
-                               "alignment"} if path == tracked
+                               "alignment"} if path == tracked_sweep
                               else {"learning_curves", "best_per_rule"})
         for name, figure in drawn.items():
             title = (figure._suptitle.get_text() if figure._suptitle
@@ -81,7 +57,7 @@ def test_plots_have_titles_labels_and_bars_from_zero(sweep, tracked):
         error_bars = [c for c in ax.containers
                       if type(c).__name__ == "ErrorbarContainer"]
         assert bool(error_bars) == (executions > 1)
-        if path == tracked:
+        if path == tracked_sweep:
             for ax in drawn["alignment"].axes:
                 assert ax.get_ylim() == (-1.05, 1.05)
                 assert "cosine" in ax.get_ylabel()
@@ -116,16 +92,18 @@ LONG = {"arch": ["256-256-256-256-256-256"]}
 
 
 @pytest.fixture(scope="module")
-def plots(sweep, tracked, one_rule, timed, untimed):
+def plots(report_sweep, tracked_sweep, one_rule_sweep, timed_sweep,
+          untimed_sweep):
     """{case: the report's figures}, drawn once for the tests below: two
     rules × two executions (with and without compile_seconds), trackers
     and one epoch, one rule and one epoch, and long titles."""
-    cases = {"two_executions": drawn(timed),
-             "older": drawn(untimed, only=["best_per_rule"]),
-             "tracked": drawn(tracked), "one_rule": drawn(one_rule),
-             "long_title": drawn(timed, ["learning_curves",
+    cases = {"two_executions": drawn(timed_sweep),
+             "older": drawn(untimed_sweep, only=["best_per_rule"]),
+             "tracked": drawn(tracked_sweep),
+             "one_rule": drawn(one_rule_sweep),
+             "long_title": drawn(timed_sweep, ["learning_curves",
                                          "best_per_rule"], **LONG),
-             "tracked_long_title": drawn(tracked, ["alignment"], **LONG),
+             "tracked_long_title": drawn(tracked_sweep, ["alignment"], **LONG),
              "bp_on_top": {"alignment": bp_on_top()}}
     yield cases
     for figures in cases.values():
@@ -218,8 +196,9 @@ def value_labels_outside_their_axes(figure) -> list[str]:
                           ax.get_window_extent(renderer))]
 
 
-def test_value_labels_lie_inside_the_axes_also_for_bars_at_the_top(timed):
-    data = sweep_results.load_records(timed)
+def test_value_labels_lie_inside_the_axes_also_for_bars_at_the_top(
+        timed_sweep):
+    data = sweep_results.load_records(timed_sweep)
     table = report.configuration_table(data)
     near_one = table.assign(test_accuracy_mean=0.995,
                             test_accuracy_std=0.004)
@@ -235,9 +214,9 @@ def test_value_labels_lie_inside_the_axes_also_for_bars_at_the_top(timed):
 
 
 def test_best_per_rule_names_the_settings_and_draws_one_bar_narrow(
-        one_rule, plots):
+        one_rule_sweep, plots):
     from matplotlib.text import Text
-    data = sweep_results.load_records(one_rule)
+    data = sweep_results.load_records(one_rule_sweep)
     best = report_plots.best_per_rule(report.configuration_table(data))
     assert len(best) == 1
     figure = plots["one_rule"]["best_per_rule"]
@@ -311,8 +290,8 @@ def test_legends_cover_no_data_point_nor_bar(plots):
     assert checked >= 6
 
 
-def test_train_time_per_rule_with_compile_seconds(timed, plots):
-    data = sweep_results.load_records(timed)
+def test_train_time_per_rule_with_compile_seconds(timed_sweep, plots):
+    data = sweep_results.load_records(timed_sweep)
     table = report.configuration_table(data)
     text = report.markdown(data, table)
     header = next(line for line in text.splitlines()
@@ -340,9 +319,9 @@ def test_train_time_per_rule_with_compile_seconds(timed, plots):
         best["algorithm"])
 
 
-def test_train_time_per_rule_of_a_sweep_without_compile_seconds(untimed,
+def test_train_time_per_rule_of_a_sweep_without_compile_seconds(untimed_sweep,
                                                                 plots):
-    data = sweep_results.load_records(untimed)
+    data = sweep_results.load_records(untimed_sweep)
     table = report.configuration_table(data)
     text = report.markdown(data, table)
     assert "compile_seconds |" not in text
