@@ -1,8 +1,14 @@
 """Blocks: what one arch token makes (arch.py), from one feedback point to
 the next.
 
-    [pool] → dense or conv → [batch norm] → activation → [pool]
+    [pool] → dense or conv → [batch norm or LayerNorm] → activation → [pool]
     [pool] → residual unit → [pool]
+    patch embedding, transformer or mixer block → [head] (token_blocks.py)
+
+A block's call returns its feedback points, the block output last: one
+point, or a transformer's or mixer's three under
+`--feedback_points=sublayer` (token_blocks.py), each trained through the
+variables of its own segment (`segments`).
 
 A direct rule's teaching signal enters at the block's output; autodiff
 carries it through the block's own ops (pools, batch norm, both paths of
@@ -22,6 +28,7 @@ import tensorflow as tf
 
 import arch as arch_lib
 import shapes
+import token_blocks
 from layers import ACTIVATIONS, PACKAGE, make_linear
 
 # Seeds of a residual unit's feedback kernels (FA, KP), added to the
@@ -167,27 +174,35 @@ class Block(keras.layers.Layer):
 
     def __init__(self, spec, activation="tanh", kernel_feedback=None,
                  bw_init="uniform", seed=0, init="glorot_uniform",
-                 bn_momentum=0.9, bn_epsilon=1e-3, **kw):
+                 bn_momentum=0.9, bn_epsilon=1e-3, feedback_points="block",
+                 **kw):
         super().__init__(**kw)
         self.spec = spec_from_config(spec)
         self.settings = dict(activation=activation,
                              kernel_feedback=kernel_feedback,
                              bw_init=bw_init, seed=seed, init=init,
-                             bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+                             bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
+                             feedback_points=feedback_points)
         # Its layers compute in the block's own dtype policy (`dtype`,
         # saved with its config): a mixed one under --precision=mixed_*.
         make = _Layers(kernel_feedback, bw_init, init, bn_momentum,
                        bn_epsilon, self.dtype_policy)
         s = self.spec
-        self.unit = self.layer = self.norm = None
-        if s.kind == "residual":
-            self.unit = ResidualUnit(s.units, s.stride, activation,
-                                     s.batch_norm, s.use_bias, seed, make,
-                                     name="unit", dtype=self.dtype_policy)
+        self.unit = self.layer = self.norm = self.head_norm = None
+        self.sublayer = (feedback_points == "sublayer"
+                         and s.kind in ("transformer", "mixer"))
+        if s.kind in ("residual", *arch_lib.TOKEN_KINDS):
+            self.unit = _unit(s, activation, seed, make,
+                              dtype=self.dtype_policy)
         else:
             self.layer = make.linear(s.kind, s.units, s.use_bias, seed,
                                      s.kernel, s.stride, s.padding)
-            self.norm = make.norm() if s.batch_norm else None
+            self.norm = (token_blocks.layer_norm(None, self.dtype_policy)
+                         if s.layer_norm else
+                         make.norm() if s.batch_norm else None)
+        if s.pre is not None and s.pre.head:  # (a last block's head is
+            self.head_norm = token_blocks.layer_norm(  # the output layer's)
+                "head_norm", self.dtype_policy)
         self.activation = ACTIVATIONS[activation]
         # Set by ProjectionModel.compile: the max pool that is fast under
         # the step's compiler (see `reshaped_max_pool`).
@@ -205,6 +220,29 @@ class Block(keras.layers.Layer):
                     for part, layer in self.unit.linear_layers]
         return [(self.name, self.layer)]
 
+    @property
+    def tap_names(self) -> list[str]:
+        """Its feedback points' names, the block output (its name) last."""
+        if not self.sublayer:
+            return [self.name]
+        return [f"{self.name}_{suffix}"
+                for suffix in self.unit.tap_suffixes] + [self.name]
+
+    def segments(self) -> list[list]:
+        """The variables each feedback point trains (a direct rule's
+        signal at point k reaches only segment k), in tap order."""
+        if not self.sublayer:
+            return [self.trainable_variables]
+        return self.unit.segments()
+
+    def tap_shapes(self, input_shape) -> list[tuple]:
+        """The shapes of its feedback points (`call`'s list)."""
+        if not self.sublayer:
+            return [self.compute_output_shape(input_shape)]
+        shapes_ = self.unit.tap_shapes(self._core_input_shape(input_shape),
+                                       sublayer=True)
+        return [*shapes_[:-1], self.compute_output_shape(input_shape)]
+
     def _core_input_shape(self, shape):
         """The input shape of the block's layer (after its opening pool,
         flattened for a dense layer)."""
@@ -218,6 +256,8 @@ class Block(keras.layers.Layer):
     def build(self, input_shape):
         if self.built:
             return
+        if self.head_norm is not None:
+            self.head_norm.build(input_shape)
         shape = self._core_input_shape(input_shape)
         core = self.unit or self.layer
         core.build(shape)
@@ -225,32 +265,61 @@ class Block(keras.layers.Layer):
             self.norm.build(core.compute_output_shape(shape))
         self.built = True
 
-    def call(self, x, training=False):
-        if self.spec.pre is not None:
+    def call(self, x, training=False, probe=None):
+        """[feedback points], the block output last; `probe` (fdfa's
+        forward-mode probe) sees each point as it is made."""
+        if self.head_norm is not None:
+            x = token_blocks.apply_head(x, self.spec.pre.kind,
+                                        self.head_norm)
+        elif self.spec.pre is not None:
             x = apply_pool(x, self.spec.pre, self.reshape_pool)
         if self.spec.kind == "dense" and len(x.shape) > 2:
             x = tf.reshape(x, (-1, math.prod(x.shape[1:])))
-        if self.unit is not None:
+        taps = []
+        if self.spec.tokens:
+            *taps, h = self.unit(x, training=training, probe=probe,
+                                 sublayer=self.sublayer)
+        elif self.unit is not None:
             h = self.unit(x, training=training)
         else:
             a = self.layer(x)
             if self.norm is not None:
                 a = self.norm(a, training=training)
             h = self.activation(a)
-        if self.spec.post is not None:
+        if self.spec.post is not None and not self.spec.post.head:
             h = apply_pool(h, self.spec.post, self.reshape_pool)
-        return h
+        return [*taps, h if probe is None else probe.perturb(h)]
 
     def compute_output_shape(self, input_shape):
         shape = self._core_input_shape(input_shape)
         shape = (self.unit or self.layer).compute_output_shape(shape)
-        if self.spec.post is not None:
+        if self.spec.post is not None and not self.spec.post.head:
             shape = (shape[0], *shapes.pool_shape(self.spec.post, shape[1:]))
         return tuple(shape)
 
     def get_config(self):
         return {**super().get_config(), **self.settings,
                 "spec": dataclasses.asdict(self.spec)}
+
+
+def _unit(spec, activation, seed, make, dtype):
+    """The layer of a block made of several (a residual unit, a patch
+    embedding, a transformer or mixer block)."""
+    common = dict(name="unit", dtype=dtype)
+    if spec.kind == "residual":
+        return ResidualUnit(spec.units, spec.stride, activation,
+                            spec.batch_norm, spec.use_bias, seed, make,
+                            **common)
+    if spec.kind == "embed":
+        return token_blocks.PatchEmbedding(spec.units, spec.kernel, spec.cls,
+                                           spec.use_bias, seed, make,
+                                           **common)
+    if spec.kind == "transformer":
+        return token_blocks.TransformerUnit(spec.heads, spec.ratio,
+                                            spec.use_bias, seed, make,
+                                            **common)
+    return token_blocks.MixerUnit(spec.token_hidden, spec.channel_hidden,
+                                  spec.use_bias, seed, make, **common)
 
 
 def blocks_from_arch(arch: str, batch_norm=False, use_bias=True, dropout=0.0,

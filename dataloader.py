@@ -196,7 +196,8 @@ NOT_DATA = frozenset((
     "lr_decay", "lr_decay_epochs", "warmup_epochs", "fb_optimizer", "fb_lr",
     "fb_weight_decay", "fb_lr_decay", "batch_size", "epochs", "augment",
     "executions_per_trial", "use_xla", "steps_per_execution", "tracker",
-    "tracker_every", "histogram_freq", "precision", "data_dir"))
+    "tracker_every", "histogram_freq", "precision", "data_dir",
+    "feedback_points"))
 CACHE_BYTES = 2 ** 30  # kept beyond the most recent entry
 _cache: dict = {}  # data key -> Prepared, least recently used first
 

@@ -27,8 +27,12 @@ from fields import (SEED_LIMIT, Field, arch_string, at_least_one,
 # Choices shared with other modules, which TensorFlow-free flag parsing
 # cannot import (their registries load TensorFlow): each list is checked
 # against its registry in tests/test_hparams.py.
-ALGORITHMS = ("bp", "fa", "kp", "dfa", "dkp", "fdfa", "drtp", "cce", "mse")
+ALGORITHMS = ("bp", "fa", "kp", "dfa", "dkp", "fdfa", "drtp", "cce", "mse",
+              "shallow")
 LABEL_ONLY_ALGORITHMS = ("drtp", "cce")  # no reconstruction
+# A teaching signal at each feedback point (--feedback_points applies).
+DIRECT_ALGORITHMS = ("dfa", "dkp", "fdfa", "drtp", "cce", "mse")
+FEEDBACK_POINTS = ("block", "sublayer")
 DATASETS = tuple(datasets.SPECS)  # (declared there, with their shapes)
 ACTIVATIONS = ("tanh", "relu", "lrelu", "swish", "sigmoid")
 BW_INITS = ("uniform", "orthogonal", "lecun_normal", "glorot_uniform",
@@ -104,6 +108,13 @@ FIELDS: tuple[Field, ...] = (
           ":dRATE: block options; arch.py), or a reference network: "
           f"{', '.join(arch.PRESETS)}.", check=arch_string,
           default_text=_default_archs()),
+    Field("feedback_points", str, "block", "Where a direct rule's teaching "
+          "signals enter a transformer or mixer block: block = at its "
+          "output (backprop inside the block), sublayer = after the "
+          "attention (token-mixing) sublayer, after the MLP's hidden "
+          "activation and at the output, each with its own feedback "
+          "matrix, each training only the layers before it since the "
+          "previous point (token_blocks.py).", choices=FEEDBACK_POINTS),
     Field("activation", str, "tanh", "Hidden activation.",
           choices=ACTIVATIONS, grid=("tanh",)),
     Field("batch_norm", bool, False, "Batch norm in each block.",
@@ -269,6 +280,22 @@ def check_network(hp: Mapping[str, Any]) -> None:
                          f"({'×'.join(map(str, shape))}): {error}") from None
 
 
+def check_sublayer_points(hp) -> None:
+    """--feedback_points=sublayer needs a rule with teaching signals and
+    a block with sublayers (a transformer or mixer)."""
+    if hp["algorithm"] not in DIRECT_ALGORITHMS:
+        raise UsageError(
+            f"--feedback_points=sublayer: '{hp['algorithm']}' has no "
+            "teaching signal to place (valid: --feedback_points=block, or "
+            f"--algorithm in {', '.join(DIRECT_ALGORITHMS)})")
+    if not any(spec.kind in ("transformer", "mixer")
+               for spec in arch.parse(hp["arch"])):
+        raise UsageError(
+            f"--feedback_points=sublayer: --arch={hp['arch']} has no "
+            "transformer or mixer block, so sublayer is block (valid: "
+            "--feedback_points=block)")
+
+
 def check(hparams: Mapping[str, Any]) -> HParams:
     """Refuses combinations of settings that cannot work together."""
     hp = HParams(hparams)
@@ -285,6 +312,8 @@ def check(hparams: Mapping[str, Any]) -> HParams:
             raise UsageError("--image_size resizes the input only: it "
                              "cannot be used with reconstruction (valid: "
                              "--image_size=0)")
+    if hp.get("feedback_points", "block") == "sublayer":
+        check_sublayer_points(hp)
     if hp.objective.startswith("val_") and hp.validation_frac <= 0:
         raise UsageError(f"objective '{hp.objective}' needs validation data, "
                          "but --validation_frac=0 holds none out (valid: "

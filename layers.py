@@ -83,8 +83,19 @@ def true_gradient():
         _TRUE_GRADIENT[0] = previous
 
 
-@tf.custom_gradient
 def feedback_matmul(x, kernel, backward_kernel):
+    """x W with dx = dy Bᵀ and dW = xᵀ dy; x of any rank ≥ 2 (tokens: (N,
+    T, d)), its leading axes one batch for the product."""
+    if len(x.shape) == 2:
+        return _feedback_matmul(x, kernel, backward_kernel)
+    lead = tf.shape(x)[:-1]
+    flat = tf.reshape(x, (-1, x.shape[-1]))
+    y = _feedback_matmul(flat, kernel, backward_kernel)
+    return tf.reshape(y, tf.concat([lead, tf.shape(y)[-1:]], 0))
+
+
+@tf.custom_gradient
+def _feedback_matmul(x, kernel, backward_kernel):
     def grad(dy):
         back = kernel if _TRUE_GRADIENT[0] else backward_kernel
         dx = tf.matmul(dy, back, transpose_b=True)

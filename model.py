@@ -9,18 +9,7 @@ variables only.  Learned feedback matrices get their gradients from their
 projection and are applied by a separate feedback optimizer.
 
 Precision (`--precision`): the blocks and the output layer take Keras'
-dtype policy (float32, mixed_bfloat16 or mixed_float16), so the forward
-and backward passes run in the compute dtype while every variable stays
-float32.  What a rule derives its signals from is float32 whatever the
-policy: the logits are cast to float32 before the global loss (so e is
-float32), and projections, local losses, δ_l and the feedback gradients
-are computed from float32 casts of h_l.  Under mixed_float16 the forward
-optimizer is Keras' LossScaleOptimizer: S (its dynamic scale) multiplies
-what enters the 16-bit backward pass (chained rules: the loss; direct
-rules: each δ_l and e) and the optimizer divides it out; the feedback
-gradients are float32 and unscaled.  A step with any non-finite gradient
-moves nothing and halves S (`_apply_loss_scaled`).  Under float32 every
-cast is the identity and the step is the one without this paragraph.
+dtype policy; what float32 and loss scaling do where: loss_scaling.py.
 """
 
 from __future__ import annotations
@@ -32,11 +21,15 @@ import math
 import keras
 import tensorflow as tf
 
+import arch as arch_lib
+import loss_scaling
 import optimizers  # noqa: F401  (registers what a saved model's optimizers are)
 import projection
 import shapes
+import token_blocks
 from blocks import blocks_from_arch
 from layers import PACKAGE, make_linear
+from loss_scaling import injected, logits32
 
 OUTPUT_FUNCTION_OF_SCALER = {"standard": "tanh", "zero_one": "sigmoid",
                              "normalize": "linear", "identity": "linear"}
@@ -72,7 +65,7 @@ class ProjectionModel(keras.Model):
                  activation="tanh", batch_norm=False, dropout=0.0,
                  bw_init="uniform", use_bias=True, scaler="zero_one", seed=0,
                  init="glorot_uniform", bn_momentum=0.9, bn_epsilon=1e-3,
-                 precision="float32", **kw):
+                 precision="float32", feedback_points="block", **kw):
         # --precision is a Keras dtype policy, given to every block and
         # layer below (not set globally: a sweep runs trials of several
         # precisions in one process).  A saved config has it twice (the
@@ -86,7 +79,8 @@ class ProjectionModel(keras.Model):
                          batch_norm=batch_norm, dropout=dropout,
                          bw_init=bw_init, use_bias=use_bias, scaler=scaler,
                          seed=seed, init=init, bn_momentum=bn_momentum,
-                         bn_epsilon=bn_epsilon, precision=precision)
+                         bn_epsilon=bn_epsilon, precision=precision,
+                         feedback_points=feedback_points)
         self.rule = projection.get(algorithm)
         self.classify = problem_type == "classification"
         self.output_fn = ("softmax" if self.classify
@@ -99,21 +93,30 @@ class ProjectionModel(keras.Model):
             use_bias=use_bias, dropout=dropout,
             kernel_feedback=self.rule.kernel_feedback, bw_init=bw_init,
             seed=seed, init=init, bn_momentum=bn_momentum,
-            bn_epsilon=bn_epsilon, dtype=policy)
+            bn_epsilon=bn_epsilon, feedback_points=feedback_points,
+            dtype=policy)
         self.dropouts = [keras.layers.Dropout(block.dropout, seed=seed + i,
                                               dtype=policy)
                          if block.dropout else None
                          for i, block in enumerate(self.blocks)]
+        # A token network's head (LayerNorm, pooling), after the last
+        # feedback point: the output layer's, trained by L's true gradient.
+        head = arch_lib.output_head(arch_lib.parse(arch))
+        self.head_kind = head.kind if head is not None else None
+        self.head_norm = (token_blocks.layer_norm("head_norm", policy)
+                          if head is not None else None)
         self.output_layer = make_linear(
             "dense", target_dim, use_bias=use_bias,
             kernel_feedback=self.rule.kernel_feedback, bw_init=bw_init,
             seed=seed * 1000 + 999, init=init, dtype=policy)
-        # p = h B and the local losses: float32 under every policy.
-        self.projections = [] if self.rule.chained else [
+        # p = h B and the local losses: float32 under every policy.  One
+        # per feedback point (a block's, or its sublayers').
+        taps = sum(len(block.tap_names) for block in self.blocks)
+        self.projections = [] if not self.rule.direct else [
             self.rule(target_dim, bw_init, seed * 1000 + 500 + i,
                       self.output_fn, name=f"projection{i + 1}",
                       dtype="float32")
-            for i in range(len(self.blocks))]
+            for i in range(taps)]
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.feedback_optimizer = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -131,12 +134,18 @@ class ProjectionModel(keras.Model):
         if self.built:
             return
         shape = (None, *self.spec["input_shape"])
-        for block, proj in zip(self.blocks, self.projections or
-                               [None] * len(self.blocks)):
+        projections = iter(self.projections)
+        for block in self.blocks:
             block.build(shape)
+            for tap_shape in block.tap_shapes(shape):
+                proj = next(projections, None)
+                if proj is not None:
+                    proj.build(tap_shape)
             shape = block.compute_output_shape(shape)
-            if proj is not None:
-                proj.build(shape)
+        if self.head_norm is not None:
+            self.head_norm.build(shape)
+            shape = (shape[0], *shapes.pool_shape(
+                arch_lib.Pool(self.head_kind), shape[1:]))
         self.output_layer.build((None, math.prod(shape[1:])))
         self.built = True
 
@@ -188,9 +197,19 @@ class ProjectionModel(keras.Model):
     @property
     def forward_variables(self):
         """What the main optimizer updates (KP's B included: it is W's
-        twin)."""
-        return [v for layer in (*self.blocks, self.output_layer)
-                for v in layer.trainable_variables]
+        twin); a rule that leaves the hidden blocks as they were made
+        (shallow) updates the output layer alone."""
+        if not self.rule.trains_hidden:
+            return list(self.output_layer.trainable_variables)
+        return [v for block in self.blocks
+                for v in block.trainable_variables] + self.output_variables
+
+    @property
+    def output_variables(self):
+        """The output layer's (and a token network's head's): trained by
+        L's true gradient under every rule."""
+        return (self.head_norm.trainable_variables if self.head_norm
+                is not None else []) + self.output_layer.trainable_variables
 
     @property
     def learned_feedback(self):
@@ -199,7 +218,8 @@ class ProjectionModel(keras.Model):
     # --- Forward ------------------------------------------------------------
 
     def forward(self, x, training=False, probe=None, block_tapes=None):
-        """Hidden block outputs (pre-dropout) and logits z.
+        """The feedback points' outputs (each block's, the block output
+        last, before dropout: `hidden`) and logits z.
 
         `block_tapes` (a list) receives one tape per block that recorded
         that block alone.  A direct rule differentiates each h_l with
@@ -210,15 +230,18 @@ class ProjectionModel(keras.Model):
         under dfa: 26 s against 8 s for bp)."""
         hidden = []
         for block, dropout in zip(self.blocks, self.dropouts):
-            with (tf.GradientTape() if block_tapes is not None
+            # (a block of several feedback points is read once per point)
+            with (tf.GradientTape(persistent=len(block.tap_names) > 1)
+                  if block_tapes is not None
                   else contextlib.nullcontext()) as block_tape:
-                h = block(x, training=training)
+                taps = block(x, training=training, probe=probe)
             if block_tapes is not None:
                 block_tapes.append(block_tape)
-            if probe is not None:
-                h = probe.perturb(h)
-            hidden.append(h)
+            hidden += taps
+            h = taps[-1]
             x = dropout(h, training=training) if dropout is not None else h
+        if self.head_norm is not None:
+            x = token_blocks.apply_head(x, self.head_kind, self.head_norm)
         if len(x.shape) > 2:
             x = tf.reshape(x, (-1, math.prod(x.shape[1:])))
         return hidden, self.output_layer(x)
@@ -270,43 +293,20 @@ class ProjectionModel(keras.Model):
         self.build_optimizers()
         with tf.control_dependencies([*step.grads, *step.feedback_grads]):
             if step.loss_scale is not None:
-                self._apply_loss_scaled(step)
+                loss_scaling.apply_if_finite(
+                    self.optimizer, self.feedback_optimizer, step,
+                    self.forward_variables, self.learned_feedback)
                 return
             self.optimizer.apply(step.grads, self.forward_variables)
             if step.feedback_grads:
                 self.feedback_optimizer.apply(step.feedback_grads,
                                               self.learned_feedback)
 
-    def _apply_loss_scaled(self, step):
-        """mixed_float16: LossScaleOptimizer divides S out of the forward
-        gradients and applies them (doubling S after its growth steps of
-        finite gradients), and the feedback optimizer applies its float32
-        gradients, only if every gradient of both is finite; otherwise
-        neither moves anything (nor KP's B, a forward variable) and S
-        halves with its growth count reset, as LossScaleOptimizer does
-        alone (its own check then sees finite gradients)."""
-        scaler = self.optimizer
-        finite = scaler.check_finite([*step.grads, *step.feedback_grads])
-
-        def apply():
-            scaler.apply(step.grads, self.forward_variables)
-            if step.feedback_grads:
-                self.feedback_optimizer.apply(step.feedback_grads,
-                                              self.learned_feedback)
-
-        def skip():
-            scaler.step_counter.assign(0)
-            scaler.dynamic_scale.assign(scaler.dynamic_scale * 0.5)
-
-        keras.ops.cond(finite, apply, skip)
-
     def loss_scale(self):
-        """S, the dynamic loss scale of a LossScaleOptimizer (compiled
-        under mixed_float16), read as a tensor; None for any other
-        optimizer.  The optimizer is built first, so that a compiled step
-        reads its variable, not its initial value."""
-        if not isinstance(getattr(self, "optimizer", None),
-                          keras.optimizers.LossScaleOptimizer):
+        """S of a LossScaleOptimizer (mixed_float16), else None; the
+        optimizer is built first, so that a compiled step reads its
+        variable, not its initial value."""
+        if not loss_scaling.scales(getattr(self, "optimizer", None)):
             return None
         self.build_optimizers()
         return tf.convert_to_tensor(self.optimizer.dynamic_scale)
@@ -319,9 +319,9 @@ class ProjectionModel(keras.Model):
         target = self.target(y)
         scale = self.loss_scale()
         probe = self.rule.tangent_probe(self.seed_generator)
-        block_tapes = None if self.rule.chained else []
+        block_tapes = [] if self.rule.direct else None
         with (probe or contextlib.nullcontext()), \
-                tf.GradientTape(persistent=not self.rule.chained
+                tf.GradientTape(persistent=self.rule.direct
                                 or self.diagnostics is not None) as tape:
             hidden, z = self.forward(x, training=training, probe=probe,
                                      block_tapes=block_tapes)
@@ -341,25 +341,30 @@ class ProjectionModel(keras.Model):
         what enters the backward pass is scaled) and for
         `learned_feedback` (float32, never scaled), and ([δ_l], [ℓ_l]) as
         the rule taught them (empty for chained rules)."""
-        if self.rule.chained:  # ∂(S·L)/∂W
+        if not self.rule.direct:  # ∂(S·L)/∂W (shallow: the output's alone)
             return tape.gradient(loss, self.forward_variables,
                                  output_gradients=scale), [], ([], [])
         error = tape.gradient(loss, z)  # e, float32 (z is)
         tangents = (probe.tangents(z) if probe is not None
                     else [None] * len(hidden))
         grads, feedback_grads, signals, losses = [], [], [], []
-        for index, (block, proj, h, tangent) in enumerate(zip(
-                self.blocks, self.projections, hidden, tangents)):
-            signal, local_loss, feedback_grad = proj.teach(h, error, target,
-                                                           tangent)
-            signals.append(signal)
-            losses.append(local_loss)
-            grads += (block_tapes[index] if block_tapes else tape).gradient(
-                h, block.trainable_variables,
-                output_gradients=injected(signal, h.dtype, scale))
-            if feedback_grad is not None:
-                feedback_grads.append(feedback_grad)
-        grads += tape.gradient(z, self.output_layer.trainable_variables,
+        taps = iter(zip(self.projections, hidden, tangents))
+        for index, block in enumerate(self.blocks):
+            block_tape = block_tapes[index] if block_tapes else tape
+            found = {}  # (the segments partition the block's variables)
+            for variables in block.segments():
+                proj, h, tangent = next(taps)
+                signal, local_loss, feedback_grad = proj.teach(
+                    h, error, target, tangent)
+                signals.append(signal)
+                losses.append(local_loss)
+                found.update(zip(map(id, variables), block_tape.gradient(
+                    h, variables,
+                    output_gradients=injected(signal, h.dtype, scale))))
+                if feedback_grad is not None:
+                    feedback_grads.append(feedback_grad)
+            grads += [found[id(v)] for v in block.trainable_variables]
+        grads += tape.gradient(z, self.output_variables,
                                output_gradients=injected(error, z.dtype,
                                                          scale))
         return grads, feedback_grads, (signals, losses)
@@ -382,19 +387,3 @@ class ProjectionModel(keras.Model):
         for metric in self.extra_metrics:
             metric.update_state(target, y_pred)
         return {m.name: m.result() for m in self.metrics}
-
-
-def logits32(z):
-    """The logits in float32, where every loss is computed (the identity
-    under float32)."""
-    return tf.cast(z, tf.float32)
-
-
-def injected(signal, dtype, scale=None):
-    """A float32 teaching signal (δ_l or e) as it enters the backward pass
-    of a tensor of `dtype`: × S under loss scaling, then cast (both no-ops
-    under float32).  Scaling before the cast keeps small float16 signals
-    from flushing to zero."""
-    if scale is not None:
-        signal = signal * scale
-    return tf.cast(signal, dtype)

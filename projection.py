@@ -43,6 +43,7 @@ RULES: dict[str, type["Projection"]] = {}
 def register(key: str):
     def add(cls):
         cls.key = key
+        cls.direct = not cls.chained and cls.trains_hidden
         RULES[key] = keras.saving.register_keras_serializable(PACKAGE)(cls)
         return cls
     return add
@@ -62,6 +63,11 @@ class Projection(keras.layers.Layer):
     Class attributes say how the model trains with the rule:
       chained          errors flow block to block through the layers (bp,
                        fa, kp); such rules have no per-block projection.
+      direct           (derived) each feedback point has a projection and
+                       a local loss: the DFA family (neither chained nor
+                       direct: shallow).
+      trains_hidden    False: the hidden blocks keep their initial
+                       weights, only the output layer learns (shallow).
       kernel_feedback  None, "fixed" or "learned": dense/conv layers send
                        their error back through B in place of W (fa, kp).
       learns_feedback  B_l has an update of its own (dkp, fdfa).
@@ -70,6 +76,8 @@ class Projection(keras.layers.Layer):
 
     key = "base"
     chained = False
+    direct = True
+    trains_hidden = True
     kernel_feedback = None
     learns_feedback = False
     supports_reconstruction = True
@@ -259,6 +267,18 @@ class LocalSquaredError(Projection):
     def local_loss(self, p, error, target):
         return tf.reduce_mean(tf.square(target - output_function(
             self.output_fn)(p)))
+
+
+# --- No rule for the hidden blocks: the control. -----------------------------
+
+
+@register("shallow")
+class Shallow(Projection):
+    """Last layer only (the control of Launay et al. 2020 and Nakajima et
+    al. 2022): the output layer gets L's true gradient, every hidden block
+    keeps its initial weights (a random feature map)."""
+
+    trains_hidden = False
 
 
 # --- Forward-mode probe (fdfa). ---------------------------------------------

@@ -59,14 +59,22 @@ def _shrink_error(spec, index, what, before, after):
 
 
 def pool_shape(pool, shape) -> tuple:
-    """Output shape of a pool on an (H, W, C) input."""
-    if pool.kind == "global":
+    """Output shape of a pool on an (H, W, C) input (a head: on (T, d)
+    tokens)."""
+    if pool.kind == "head_flat":
+        return (math.prod(shape),)
+    if pool.kind == "global" or pool.head:
         return (shape[-1],)
     return (*(max((d - pool.size) // pool.stride + 1, 0)
               for d in shape[:2]), shape[2])
 
 
 def _pool(spec, index, pool, shape):
+    if pool.head:
+        how = {"head_mean": "mean over tokens", "head_cls": "class token",
+               "head_flat": "every token"}[pool.kind]
+        return Op(index, f"head: layer norm, {how}", pool_shape(pool, shape),
+                  2 * shape[-1])
     if pool.kind == "global":
         return Op(index, "global average pool", pool_shape(pool, shape))
     out = pool_shape(pool, shape)[:2]
@@ -100,12 +108,18 @@ def block_ops(spec, index, shape) -> list[Op]:
     if spec.pre is not None:
         ops.append(_pool(spec, index, spec.pre, shape))
         shape = ops[-1].shape
+    if spec.post is not None and spec.post.head:  # (the output layer's)
+        spec = dataclasses.replace(spec, post=None)
     if spec.kind == "dense":
         n = math.prod(shape)
         ops.append(Op(index, "dense", (spec.units,), n * spec.units
                       + (spec.units if spec.use_bias else 0), n * spec.units))
         if spec.batch_norm:
             ops.append(_bn(index, ops[-1].shape))
+        if spec.layer_norm:
+            ops.append(Op(index, "layer norm", ops[-1].shape, 2 * spec.units))
+    elif spec.tokens:
+        ops += token_ops(spec, index, shape)
     elif spec.kind == "conv":
         ops.append(_conv(spec, index, shape, spec.units, spec.kernel,
                          spec.stride, spec.padding))
@@ -134,6 +148,66 @@ def _residual_ops(spec, index, shape) -> list[Op]:
     return ops
 
 
+def _dense_on_tokens(index, what, tokens, width, units, bias, inner=False):
+    """A dense map of every token's `width` features to `units`."""
+    return Op(index, what, (tokens, units),
+              width * units + (units if bias else 0),
+              tokens * width * units, inner)
+
+
+def token_ops(spec, index, shape) -> list[Op]:
+    """A patch embedding's, transformer block's or mixer block's ops.
+
+    embed        p×p patches → d (a conv with stride p), + position
+                 embeddings (T·d), [+ class token (d)]
+    transformer  LN (2d), qkv (d → 3d), attention (2·T²·d multiply-adds:
+                 QKᵀ and the weighted sum), out (d → d), LN (2d), MLP
+                 d → r·d → d
+    mixer        LN, token MLP T → S → T (for each of the d channels),
+                 LN, channel MLP d → C → d
+    The layers' biases follow the block's; LayerNorms are γ and β."""
+    bias = spec.use_bias
+    if spec.kind == "embed":
+        if len(shape) != 3:
+            raise UsageError(f"arch token '{spec.token}' (block {index}): a "
+                             "patch embedding needs an image input")
+        conv = _conv(spec, index, shape, spec.units, spec.kernel,
+                     spec.kernel, "valid", "patch embedding")
+        tokens = conv.shape[0] * conv.shape[1] + (1 if spec.cls else 0)
+        extra = tokens * spec.units + (spec.units if spec.cls else 0)
+        return [dataclasses.replace(conv, shape=(tokens, spec.units),
+                                    params=conv.params + extra)]
+    tokens, d = shape
+    norm = Op(index, "layer norm", (tokens, d), 2 * d, inner=True)
+    if spec.kind == "transformer":
+        if d % spec.heads:
+            raise UsageError(f"arch token '{spec.token}' (block {index}): "
+                             f"{spec.heads} heads do not divide the tokens' "
+                             f"{d} features")
+        hidden = spec.ratio * d
+        return [norm,
+                _dense_on_tokens(index, "qkv", tokens, d, 3 * d, bias, True),
+                Op(index, f"attention {spec.heads} heads", (tokens, d), 0,
+                   2 * tokens * tokens * d, True),
+                _dense_on_tokens(index, "attention out", tokens, d, d, bias,
+                                 True),
+                norm,
+                _dense_on_tokens(index, "mlp 1", tokens, d, hidden, bias,
+                                 True),
+                _dense_on_tokens(index, "mlp 2", tokens, hidden, d, bias,
+                                 True)]
+    s, c = spec.token_hidden, spec.channel_hidden
+    return [norm,
+            _dense_on_tokens(index, "token mlp 1", d, tokens, s, bias, True),
+            _dense_on_tokens(index, "token mlp 2", d, s, tokens, bias, True),
+            norm,
+            _dense_on_tokens(index, "channel mlp 1", tokens, d, c, bias,
+                             True),
+            dataclasses.replace(_dense_on_tokens(
+                index, "channel mlp 2", tokens, c, d, bias, True),
+                shape=(tokens, d))]
+
+
 def network_ops(text: str, input_shape, target_dim: int,
                 batch_norm: bool = False, use_bias: bool = True,
                 dropout: float = 0.0) -> list[Op]:
@@ -141,9 +215,14 @@ def network_ops(text: str, input_shape, target_dim: int,
     UsageError when an op would shrink its maps to nothing."""
     shape = tuple(input_shape)
     ops = []
-    for index, spec in enumerate(arch_lib.parse(text), start=1):
+    specs = arch_lib.parse(text)
+    for index, spec in enumerate(specs, start=1):
         spec = spec.resolved(batch_norm, use_bias, dropout)
         ops += block_ops(spec, index, shape)
+        shape = ops[-1].shape
+    head = arch_lib.output_head(specs)
+    if head is not None:  # after the last feedback point: the output's
+        ops.append(_pool(None, 0, head, shape))
         shape = ops[-1].shape
     n = math.prod(shape)
     ops.append(Op(0, "output dense", (target_dim,), n * target_dim

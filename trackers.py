@@ -87,8 +87,9 @@ def linear_layers(model) -> list:
 
 
 def block_names(model) -> list[str]:
-    """`block1`, ...: one per hidden block (its output h_l)."""
-    return [block.name for block in model.blocks]
+    """`block1`, ...: one per feedback point (a block's output h_l; under
+    --feedback_points=sublayer also `block2_attention`, `block2_mlp`)."""
+    return [name for block in model.blocks for name in block.tap_names]
 
 
 def cosine(a, b):
@@ -109,17 +110,24 @@ def alignment_pairs(model) -> dict:
                 for name, l in zip(names, linear)}
     if model.rule.chained:  # bp
         return {name: None for name in names}
+    if not model.rule.direct:  # shallow: no feedback at all
+        return {}
     feedback = [p.feedback for p in model.projections]
+    last = []  # each block's output: its last feedback point
+    for block in model.blocks:
+        last.append((last[-1] if last else -1) + len(block.tap_names))
     pairs = {}
     for index, block in enumerate(model.blocks):
         # W_l reads h_{l-1} itself: a dense block that opens with no pool.
         if index and block.spec.kind == "dense" and block.spec.pre is None:
             pairs[block.name] = (
                 lambda b=block: b.layer.kernel,
-                lambda i=index: tf.matmul(feedback[i - 1], feedback[i],
+                lambda i=index: tf.matmul(feedback[last[i - 1]],
+                                          feedback[last[i]],
                                           transpose_b=True))
-    pairs["output"] = (lambda: model.output_layer.kernel,
-                       lambda: feedback[-1])
+    if model.head_norm is None:  # (W_o reads h_L itself: no head between)
+        pairs["output"] = (lambda: model.output_layer.kernel,
+                           lambda: feedback[-1])
     return pairs
 
 
@@ -142,7 +150,7 @@ class Trackers:
         self.histograms = "histograms" in self.names
         self.histogram_freq = max(int(histogram_freq), 1)  # epochs
         layers, hidden = layer_names(model), block_names(model)
-        direct = not model.rule.chained
+        direct = model.rule.direct
         self.pairs = alignment_pairs(model)
         tags = []
         if "bp_cosine" in self.names:
@@ -194,7 +202,8 @@ class Trackers:
         kernels = [layer.kernel for layer in linear_layers(model)]
         by_id = {id(v): g for v, g in zip(model.forward_variables,
                                           step.grads)}
-        updates = [by_id[id(k)] for k in kernels]
+        # (shallow leaves the hidden kernels alone: no update)
+        updates = [by_id.get(id(k), tf.zeros_like(k)) for k in kernels]
         if step.loss_scale is not None:  # mixed_float16: S taken out
             updates = [g / step.loss_scale for g in updates]
         values = {}
@@ -209,8 +218,10 @@ class Trackers:
             for name, g, t in zip(names, updates, true_w):
                 values[f"bp_cosine/{name}"] = cosine(g, t)
         if "signal_cosine" in self.names:
-            signals = step.signals if not model.rule.chained else \
-                self.chained_signals(model, tape, step)
+            signals = (step.signals if model.rule.direct else
+                       self.chained_signals(model, tape, step)
+                       if model.rule.chained else  # shallow: none at all
+                       [tf.zeros_like(h) for h in step.hidden])
             for name, s, t in zip(block_names(model), signals, true_h):
                 values[f"signal_cosine/{name}"] = cosine(s, t)
         for tag, loss in zip(self.test_tags, step.local_losses):

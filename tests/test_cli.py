@@ -134,6 +134,20 @@ BAD_INPUTS = {
                                        "needs labels (valid for "
                                        "reconstruction: loss, val_loss)"),
     "stray argument": (["mnist"], "unexpected argument(s) ['mnist']"),
+    "sublayer points of a chained rule": (
+        ["--algorithm=bp", "--arch=E8p2-T2-Hm", "--feedback_points=sublayer"],
+        "--feedback_points=sublayer: 'bp' has no teaching signal to place "
+        "(valid: --feedback_points=block, or --algorithm in dfa, dkp"),
+    "sublayer points without sublayers": (
+        ["--algorithm=dfa", "--arch=256", "--feedback_points=sublayer"],
+        "--arch=256 has no transformer or mixer block, so sublayer is block "
+        "(valid: --feedback_points=block)"),
+    "head without tokens": (["--arch=32C3-Hm"], "head token 'Hm' in "
+                            "'32C3-Hm' must close a token block"),
+    "transformer without tokens": (["--arch=T4"], "token 'T4' in 'T4' needs "
+                                   "tokens: put a patch embedding before it"),
+    "heads that do not divide": (["--arch=E8p2-T3"], "3 heads do not divide "
+                                 "the tokens' 8 features"),
 }
 
 

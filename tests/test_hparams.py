@@ -29,6 +29,8 @@ def registries():
         "ALGORITHMS": tuple(projection.RULES),
         "LABEL_ONLY_ALGORITHMS": tuple(k for k, r in projection.RULES.items()
                                        if not r.supports_reconstruction),
+        "DIRECT_ALGORITHMS": tuple(k for k, r in projection.RULES.items()
+                                   if r.direct),
         "ACTIVATIONS": tuple(layers.ACTIVATIONS),
         "OPTIMIZERS": tuple(optimizers.OPTIMIZERS),
         "LR_SCHEDULES": tuple(optimizers.LR_SCHEDULES),

@@ -36,8 +36,10 @@ def measured(model, x, y):
 
 
 def cos(a, b):
+    """As trackers.cosine: 0 when either vector is 0."""
     a, b = np.ravel(a), np.ravel(b)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / norms) if norms else 0.0
 
 
 def model_with_random_feedback(rule, arch, shape):
@@ -82,6 +84,10 @@ def expected_values(rule, model, x, y):
             values[f"weight_alignment/{name}"] = (
                 1.0 if rule == "bp" else
                 cos(w, (net.layers[key] if key != "out" else net.output)["B"]))
+    elif rule == "shallow":  # the output layer's gradient only
+        rule_grads = {k: (np.zeros_like(true[k][0]), None) for k in keys}
+        rule_grads["out"] = true["out"]
+        signals = [np.zeros_like(s) for s in signals_bp]
     else:
         b = [np.asarray(p.feedback, np.float64) for p in model.projections]
         rule_grads = reference.direct_grads(net, x, y, rule, b)
@@ -292,11 +298,13 @@ def expected_tags(rule, kind):
     train_tags |= {f"activations/{n}" for n in hidden}
     if rule in ("bp", "fa", "kp"):
         aligned = layers
+    elif rule == "shallow":  # no feedback to align
+        aligned = []
     else:  # no B_0; a direct rule's conv block 2 has no dense counterpart
         aligned = ["block2", "output"] if kind == "dense" else ["output"]
     train_tags |= {f"weight_alignment/{n}" for n in aligned}
     val_tags = set()
-    if rule not in ("bp", "fa", "kp"):
+    if rule not in ("bp", "fa", "kp", "shallow"):
         local = {f"local_loss/{n}" for n in hidden}
         train_tags |= local
         val_tags |= local
