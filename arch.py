@@ -499,9 +499,11 @@ PRESETS: dict[str, Preset] = {
     "mixer_mnist": Preset("E64p7-M64c128-M64c128-M64c128-Hf",
                           "Nakajima et al. 2022, Mixer-3", (28, 28, 1)),
     # A small ViT for CIFAR-10 from scratch: 4×4 patches (64 tokens) of
-    # 128 features, six blocks of 4 heads, MLPs of 2·128, mean pooling
-    # (810,890 parameters).
-    "vit_cifar10": Preset("E128p4-" + "-".join(["T4r2"] * 6) + "-Hm",
+    # 128 features, six blocks of 4 heads, MLPs of 2·128 (891,530
+    # parameters).  Its head keeps every token (Hf), as the MNIST ones
+    # do, so that the direct rules can train it; ViT's own mean pooling
+    # is `-Hm` at the end of the same string.
+    "vit_cifar10": Preset("E128p4-" + "-".join(["T4r2"] * 6) + "-Hf",
                           "ViT (Dosovitskiy et al. 2021), small",
                           (32, 32, 3)),
 }
