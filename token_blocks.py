@@ -13,9 +13,9 @@ DFA, their `--dfa full`):
 MLP in place of the MLP).  A point's teaching signal trains the variables
 between it and the point before (its *segment*: `segments`): t1's the
 first LayerNorm, qkv and the attention's output map; m's the second
-LayerNorm and fc1; t3's fc2 (and a head's LayerNorm).  It reaches them
-through the true derivatives of the segment's ops (LayerNorm, softmax,
-GELU, the residual sum), never through another segment.  Under `block`
+LayerNorm and fc1; t3's fc2.  It reaches them through the true
+derivatives of the segment's ops (LayerNorm, softmax, GELU, the residual
+sum), never through another segment.  Under `block`
 (the default) the block output is the only point, and the signal reaches
 every variable of the block through all of them (their "macro" mode).
 

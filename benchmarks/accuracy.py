@@ -16,7 +16,11 @@ single run and tuner trial):
    `train.py` runs it (the setting of issue 3's conv acceptance), with
    inputs in [0, 1] (the default) and in [-1, 1].
 
-Parts 1 and 2 train on the whole training split (objective=loss: nothing
+4. Every rule on the token presets `vit_mnist` and `mixer_mnist` (Adam
+   1e-3 annealed by a cosine to 0, batch 64, 10 epochs, no batch norm),
+   at `--feedback_points=block`, and dfa at `sublayer` too (issue 21).
+
+Parts 1, 2 and 4 train on the whole training split (objective=loss: nothing
 is held out for validation); part 3 keeps the defaults (10 % held out,
 objective val_loss).  Every run is tested on the 10,000
 test images.  Runs are
@@ -48,7 +52,7 @@ import datasets  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
 import references  # noqa: E402  (benchmarks/references.py)
 from accuracy_report import CONV_SCALERS, DATASETS, report  # noqa: E402
-from references import FA_SETTING, PUBLISHED_FA  # noqa: E402
+from references import FA_SETTING, PUBLISHED_FA, TOKEN_SETTING  # noqa: E402
 
 SHARED_SETTING = dict(arch="256-256", activation="tanh", optimizer="adam",
                       lr=1e-3, batch_size=64, epochs=3, scaler="zero_one")
@@ -87,6 +91,9 @@ def parse_args(argv):
     parser.add_argument("--fdfa_conv_seeds", type=int, default=1,
                         help="seeds of every rule on the FDFA reference's "
                         "MNIST CNN with its recipe (0: skip it)")
+    parser.add_argument("--token_seeds", type=int, default=1,
+                        help="seeds of every rule on vit_mnist and "
+                        "mixer_mnist (0: skip it)")
     parser.add_argument("--rules", default=",".join(hparams_lib.ALGORITHMS))
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--quick", action="store_true")
@@ -95,11 +102,13 @@ def parse_args(argv):
     args.datasets = [d for d in args.datasets.split(",") if d]
     args.examples_frac = 1.0
     args.fa_epochs = FA_SETTING["epochs"]
+    args.token_epochs = TOKEN_SETTING["epochs"]
     if args.quick:
         for part in ("seeds", "fa_seeds", "conv_seeds", "fdfa_seeds",
-                     "fdfa_conv_seeds"):
+                     "fdfa_conv_seeds", "token_seeds"):
             setattr(args, part, min(getattr(args, part), 1))
         args.epochs, args.fa_epochs, args.examples_frac = 1, 2, 0.1
+        args.token_epochs = 1
     folder = "accuracy_quick" if args.quick else "accuracy"
     args.workdir = args.workdir or os.path.join(ROOT, "runs", folder)
     args.out = args.out or (os.path.join(ROOT, "runs", folder, "RESULTS.md")
@@ -251,10 +260,11 @@ def fdfa_conv(args, started):
     return results
 
 
-def rules_by_seed(args, started, setting, seeds, folder, label):
-    """{rule: [metrics per seed]} of `setting` for every rule."""
+def rules_by_seed(args, started, setting, seeds, folder, label, rules=None):
+    """{rule: [metrics per seed]} of `setting` for every rule (of
+    --rules, or `rules`)."""
     results = {}
-    for rule in args.rules:
+    for rule in rules or args.rules:
         for seed in range(seeds):
             hp = hparams_lib.make(**setting, algorithm=rule, seed=seed,
                                   data_dir=args.data_dir,
@@ -265,12 +275,32 @@ def rules_by_seed(args, started, setting, seeds, folder, label):
     return results
 
 
+def token_rules(args, started):
+    """{arch: {rule: [metrics per seed]}}: every rule at block placement,
+    and "dfa, sublayer"."""
+    results = {}
+    setting = {**TOKEN_SETTING, **WHOLE_TRAINING_SPLIT,
+               "epochs": args.token_epochs}
+    for arch in references.NAKAJIMA_MNIST:
+        folder = os.path.join(args.workdir, "tokens", arch)
+        results[arch] = rules_by_seed(args, started, {**setting, "arch": arch},
+                                      args.token_seeds, folder, arch)
+        if "dfa" in args.rules:
+            results[arch]["dfa, sublayer"] = rules_by_seed(
+                args, started,
+                {**setting, "arch": arch, "feedback_points": "sublayer"},
+                args.token_seeds, os.path.join(folder, "sublayer"),
+                f"{arch} sublayer", rules=["dfa"])["dfa"]
+    return results
+
+
 PARTS = {  # name: (its seeds' argument, the function that runs it)
     "fdfa": ("fdfa_seeds", fdfa_reference),
     "fdfa_conv": ("fdfa_conv_seeds", fdfa_conv),
     "fa": ("fa_seeds", published_fa),
     "rules": ("seeds", nine_rules),
     "conv": ("conv_seeds", conv_rules),
+    "tokens": ("token_seeds", token_rules),
 }
 
 

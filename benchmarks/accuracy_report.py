@@ -22,8 +22,13 @@ FDFA_CONV_TITLE = "## Every rule on the FDFA reference's MNIST CNN"
 FA_TITLE = "## Feedback alignment in a published setting"
 RULES_TITLE = "## All nine rules, one shared setting"
 CONV_TITLE = "## All nine rules on a small CNN, one epoch"
+TOKENS_TITLE = "## Every rule on a ViT and an MLP-Mixer"
 SECTION_ORDER = (FDFA_TITLE, FDFA_CONV_TITLE, FA_TITLE, RULES_TITLE,
-                 CONV_TITLE)
+                 CONV_TITLE, TOKENS_TITLE)
+# Issue 21's bars: bp ≥ 97 %; dfa within 1.5 points of bp; dfa above
+# shallow (by 3 points on vit_mnist).
+TOKEN_BARS = {"bp": 97.0, "dfa_below_bp": 1.5,
+              "dfa_above_shallow": {"vit_mnist": 3.0, "mixer_mnist": 0.0}}
 
 
 def mean_std(values):
@@ -192,11 +197,80 @@ def fdfa_conv_section(args, results):
     return lines
 
 
+def tokens_section(args, results):
+    """Every rule on vit_mnist and mixer_mnist, with issue 21's gaps."""
+    archs = list(results)
+    command = shlex.join([
+        ".venv/bin/python", "train.py", "--data_dir=../shared/data",
+        *references.flags({**references.TOKEN_SETTING,
+                           "epochs": args.token_epochs}),
+        "--objective=loss", "--validation_frac=0.0", "--arch=ARCH",
+        "--algorithm=RULE", "--seed=0", "--workdir=runs/ARCH_RULE"])
+    lines = [
+        TOKENS_TITLE, "",
+        "MNIST; `vit_mnist` (`E64p7-T4r2-T4r2-T4r2-Hf`, 115,018 parameters) "
+        "and `mixer_mnist` (`E64p7-M64c128-M64c128-M64c128-Hf`, 71,482); "
+        "Adam lr 1e-3 annealed to 0 by a cosine over "
+        f"{args.token_epochs} epoch{'s' if args.token_epochs > 1 else ''}, "
+        "batch 64, inputs in [0, 1], no batch norm, every other setting at "
+        "its default (glorot_uniform weights, bw_init uniform, fb_lr 1e-4 "
+        f"for dkp/fdfa, no weight decay); trained on {training_images(args)}"
+        " (objective=loss), test accuracy in % on the 10,000 test images; "
+        f"{seeds_text(args.token_seeds)}.  Every rule at "
+        "`--feedback_points=block`; `dfa, sublayer` puts three points in "
+        "each block (README, \"Transformers and MLP-Mixers\").  `shallow` "
+        "trains the output layer (and the head's LayerNorm) alone.  Each "
+        "run is:", "",
+        "```bash", command, "```", "",
+        "| rule | " + " | ".join(f"`{a}`" for a in archs) + " |",
+        "| --- |" + " --- |" * len(archs)]
+    for rule in results[archs[0]]:
+        cells = [accuracy_cell(results[a][rule]) + " (" + run_minutes(
+                     results[a][rule]) + ")" for a in archs]
+        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    published = references.NAKAJIMA_MNIST
+    lines += ["", "In brackets: each run's training time.  Nakajima et al. "
+              "2022 report, for their own ViT-3 and Mixer-3 (sizes and "
+              "recipe not given): " + "; ".join(
+                  f"{name} " + " / ".join(f"{rule} {value}" for rule, value
+                                          in published[arch].items())
+                  for arch, name in (("vit_mnist", "ViT-3"),
+                                     ("mixer_mnist", "Mixer-3"))) + ".",
+              "", "Issue 21's bars:", ""] + [
+        f"- {line}" for a in archs for line in token_bars(a, results[a])]
+    return lines
+
+
+def run_minutes(runs):
+    return ", ".join(f"{m.get('train_seconds', 0) / 60:.1f} min"
+                     for m in runs)
+
+
+def token_bars(arch, rules):
+    """Issue 21's bars on one arch, each with its numbers and 'met'."""
+    def mean(rule):
+        return 100 * statistics.mean(m["test_accuracy"] for m in rules[rule])
+
+    if not {"bp", "dfa", "shallow"} <= set(rules):
+        return []
+    bp, dfa, shallow = mean("bp"), mean("dfa"), mean("shallow")
+    above = TOKEN_BARS["dfa_above_shallow"][arch]
+
+    def met(ok):
+        return "met" if ok else "**not met**"
+    return [f"`{arch}`: bp {bp:.2f} ≥ {TOKEN_BARS['bp']:.0f}: "
+            f"{met(bp >= TOKEN_BARS['bp'])}; dfa − bp = {dfa - bp:+.2f} "
+            f"(within {TOKEN_BARS['dfa_below_bp']}: "
+            f"{met(bp - dfa <= TOKEN_BARS['dfa_below_bp'])}); dfa − shallow "
+            f"= {dfa - shallow:+.2f} (above {above:g}: "
+            f"{met(dfa - shallow > above)})"]
+
+
 def training_minutes(name, part) -> float:
     """Minutes of training summed over one part's runs."""
     if name == "fa":
         runs = list(part)
-    elif name in ("rules", "conv"):
+    elif name in ("rules", "conv", "tokens"):
         runs = [m for rules in part.values() for per_seed in rules.values()
                 for m in per_seed]
     else:  # fdfa, fdfa_conv: {rule: [metrics per seed]}
@@ -235,8 +309,11 @@ def report(args, argv, parts, seconds, old=""):
                 "(Akrout et al. need decay for W and B to converge)."]
     if parts.get("conv"):
         new[CONV_TITLE] = conv_section(args, parts["conv"])
+    if parts.get("tokens"):
+        new[TOKENS_TITLE] = tokens_section(args, parts["tokens"])
     part_of = {FDFA_TITLE: "fdfa", FDFA_CONV_TITLE: "fdfa_conv",
-               FA_TITLE: "fa", RULES_TITLE: "rules", CONV_TITLE: "conv"}
+               FA_TITLE: "fa", RULES_TITLE: "rules", CONV_TITLE: "conv",
+               TOKENS_TITLE: "tokens"}
     sections = sections_of(old)
     for title, lines in new.items():
         sections[title] = [title, "", stamp(part_of[title]), "", *lines[2:]]

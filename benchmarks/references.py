@@ -60,6 +60,20 @@ del FDFA_CONV_MNIST["batch_norm"]  # pinned by the preset
 FIXED_FROM_HE_UNIFORM = dict(bw_init="he_uniform")
 
 
+# Every rule on a three-block ViT and MLP-Mixer (issue 21).  Nakajima et al.
+# 2022 (Nature Communications, Table 2) report MNIST test accuracy in %
+# for backprop, DFA and the last layer alone on their ViT-3 and Mixer-3,
+# whose sizes and recipe the paper does not give: the presets and the
+# recipe here are this framework's (Adam 1e-3 annealed by a cosine, 10
+# epochs, batch 64), so their numbers are context, not a bar.
+NAKAJIMA_MNIST = {"vit_mnist": {"bp": 98.23, "dfa": 98.04, "shallow": 47.6},
+                  "mixer_mnist": {"bp": 98.90, "dfa": 98.36,
+                                  "shallow": 92.85}}
+TOKEN_SETTING = dict(dataset="mnist", optimizer="adam", lr=1e-3,
+                     lr_schedule="cosine", batch_size=64, epochs=10,
+                     batch_norm=False)
+
+
 def fdfa_mnist(rule: str) -> dict:
     """The FDFA reference's MNIST setting for one rule."""
     return {**FDFA_MNIST, **FDFA_MNIST_RULES.get(rule, {}),

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/speed.py
     .venv/bin/python benchmarks/speed.py --rules=bp,dfa --archs=1000-1000-1000
+    .venv/bin/python benchmarks/speed.py --archs=vit_mnist,mixer_mnist \\
+        --skip_memory --hparam feedback_points=sublayer
     .venv/bin/python benchmarks/speed.py --steps=32 --repeats=10 \\
         --json=runs/speed.json --hparam use_xla=false
 
@@ -13,11 +15,31 @@ on, any other arch 28×28×1) every rule trains through the
 framework's own path (train.build_model with the hparams defaults: XLA on,
 8 steps per execution; then the compiled function `Model.fit` calls once per
 execution) on random data of that shape fed by the trainer's own tf.data
-pipeline.  Beside them run a minimal hand-written BP loop (keras layers and
-Adam in one `tf.function` step called per batch; same net, batch and XLA
-setting), which the framework's BP should not trail, and the machine's
-plain matmul rate (a `tf.function` chain of matmuls of the wide layer's
-shape), the roof.
+pipeline.  Beside them run two BP baselines of the same network built from
+Keras' own layers, not the framework's (speed_reference.keras_network: for
+a ViT, Keras' MultiHeadAttention, LayerNormalization and Dense), with Adam,
+the same batch, data and XLA setting:
+
+    keras_fit_bp    Keras' own compile and fit: the model compiled with
+                    the framework's jit_compile and steps_per_execution,
+                    its train_function timed exactly as the rules' are
+                    (steps_per_execution steps per call, the iterator read
+                    inside the call).  Framework BP / this is the cost of
+                    the framework's model, step and layers over Keras'.
+    handwritten_bp  a minimal loop: one tf.function step (jit_compile as
+                    the framework's) called from Python once per batch,
+                    steps_per_execution calls per execution, each batch
+                    fetched by Python's next(): it also pays a call and a
+                    host-side fetch per step, which fit's executions do not.
+
+and the machine's plain matmul rate (a `tf.function` chain of matmuls of
+the wide layer's shape), the roof.  The check lines (speed_report.py) hold
+framework BP to 1.1× either baseline.
+
+`--hparam feedback_points=sublayer` places a direct rule's teaching
+signals after each sublayer of the transformer and mixer blocks; rules
+without teaching signals (bp, fa, kp, shallow) and the baselines keep the
+default placement, so BP stays the reference.
 
 Timing: after compiling, rules are measured in rounds; in each round every
 rule runs two windows of `--steps` steps between two BP windows (BP, rule,
@@ -36,9 +58,9 @@ compiled code whatever the rule.  `--skip_memory` leaves it out.
 `--hparam key=value` (repeatable) passes any hparams field to `hparams.make`,
 e.g. `--hparam tracker=bp_cosine` to show what a setting costs.
 `--json FILE` writes {arch: {rule: {samples_per_s, step_time_vs_bp,
-peak_mem_mb, ...}}} atomically; each arch also holds "handwritten_bp", and
-the top-level "_machine" holds the device, the roof per arch and the
-settings.
+peak_mem_mb, ...}}} atomically; each arch also holds "keras_fit_bp" and
+"handwritten_bp", and the top-level "_machine" holds the device, the roof
+per arch and the settings.
 """
 
 from __future__ import annotations
@@ -64,8 +86,9 @@ import datasets  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
 from speed_reference import (CLASSES, INPUT_SHAPE,  # noqa: E402
                              HandwrittenRunner, MatmulRoof, input_shape_of,
-                             theoretical_macs)
-from speed_report import HANDWRITTEN, WIDE_MLP, format_table  # noqa: E402
+                             keras_fit_model, theoretical_macs)
+from speed_report import (BASELINES, HANDWRITTEN, KERAS_FIT,  # noqa: E402
+                          WIDE_MLP, format_table)
 
 DEFAULT_ARCHS = (WIDE_MLP, "16C5-P2-64", "fdfa_conv_mnist", "resnet20")
 SYNTHETIC_EXAMPLES = 8192
@@ -79,7 +102,8 @@ def parse_args(argv):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rules", default=",".join(hparams_lib.ALGORITHMS),
-                        help="comma-separated rules (default: all nine)")
+                        help="comma-separated rules (default: all "
+                        f"{len(hparams_lib.ALGORITHMS)})")
     parser.add_argument("--archs", default=",".join(DEFAULT_ARCHS),
                         help="comma-separated arch strings")
     parser.add_argument("--batch_size", type=int, default=128)
@@ -124,14 +148,19 @@ def parse_hparam_pairs(pairs) -> dict:
 
 def hparams_for(arch, rule, args):
     """The hparams of a run (the dataset only sets the image shape that
-    the arch is checked against: the data is synthetic)."""
+    the arch is checked against: the data is synthetic).  A rule without
+    teaching signals has no feedback points to place: it keeps the
+    default placement whatever --hparam feedback_points says."""
     shape = input_shape_of(arch)
     dataset = "mnist" if shape[2] == 1 else "cifar10"
     size = 0 if shape == datasets.SPECS[dataset].shape else shape[0]
+    extra = dict(args.extra)
+    if rule not in hparams_lib.DIRECT_ALGORITHMS:
+        extra.pop("feedback_points", None)
     return hparams_lib.make(**{"arch": arch, "algorithm": rule,
                                "batch_size": args.batch_size,
                                "dataset": dataset, "image_size": size,
-                               **args.extra})
+                               **extra})
 
 
 # --- Data -----------------------------------------------------------------
@@ -273,6 +302,8 @@ def measure_arch(arch, args):
                                          CLASSES)
         runners[rule] = FrameworkRunner(models[rule], ds,
                                         hp["steps_per_execution"])
+    runners[KERAS_FIT] = FrameworkRunner(keras_fit_model(base_hp), ds,
+                                         base_hp["steps_per_execution"])
     runners[HANDWRITTEN] = HandwrittenRunner(base_hp, ds)
     roof = MatmulRoof(args.batch_size, 1000, base_hp["use_xla"])
     for runner in runners.values():  # one untimed round: caches, threads
@@ -280,7 +311,8 @@ def measure_arch(arch, args):
     reference = "bp" if "bp" in runners else args.rules[0]
     seconds, ratios, roof_gflops = paired_rounds(runners, reference, roof,
                                                  arch, args)
-    results = summarize(arch, seconds, ratios, reference, args)
+    results = summarize(seconds, ratios, macs_vs_bp(arch, runners, args),
+                        args)
     for rule, model in models.items():
         results[rule]["state_mb"] = state_mb(model)
     return results, statistics.median(roof_gflops)
@@ -333,23 +365,30 @@ def quartiles(values):
     return q1, q3
 
 
-def summarize(arch, seconds, ratios, reference, args):
-    """Per runner: the median step time, and the median and quartiles
-    over rounds of its paired ratio to BP."""
-    bp_macs = theoretical_macs("bp", arch)
+def macs_vs_bp(arch, names, args):
+    """{runner: its step's multiply-adds / BP's} (the baselines: BP's)."""
+    def macs(name):
+        rule = "bp" if name in BASELINES else name
+        return theoretical_macs(rule, arch, feedback_points=hparams_for(
+            arch, rule, args)["feedback_points"])
+    return {name: macs(name) / macs("bp") for name in names}
+
+
+def summarize(seconds, ratios, macs, args):
+    """Per runner: the median step time, the median and quartiles over
+    rounds of its paired ratio to BP, and its multiply-adds over BP's
+    (`macs`)."""
     results = {}
     for name, times in seconds.items():
         step = statistics.median(times)
         q1, q3 = quartiles(ratios[name])
-        macs = bp_macs if name == HANDWRITTEN else theoretical_macs(name,
-                                                                    arch)
         results[name] = {
             "samples_per_s": args.batch_size / step,
             "step_ms": 1e3 * step,
             "best_step_ms": 1e3 * min(times),
             "step_time_vs_bp": statistics.median(ratios[name]),
             "ratio_q1": q1, "ratio_q3": q3,
-            "macs_vs_bp": macs / bp_macs,
+            "macs_vs_bp": macs[name],
             "peak_mem_mb": None, "state_mb": None,
         }
     return results
@@ -382,7 +421,8 @@ def main(argv=None):
                 measure = probe["measure"] or measure
         report[arch] = results
         report["_machine"]["matmul_gflops"][arch] = roof
-        print(format_table(arch, results, measure, roof, args.batch_size),
+        print(format_table(arch, results, measure, roof, args.batch_size,
+                           args.extra.get("feedback_points", "block")),
               flush=True)
     if args.json:
         from runtime import atomic

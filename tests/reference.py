@@ -3,6 +3,9 @@ TensorFlow: forward pass, teaching signals, weight gradients.
 
 Networks are tanh blocks (dense or 'same' stride-1 conv, optional 2×2 max
 pool) and a dense output layer; softmax + cross-entropy (batch mean).
+The token blocks (patch embedding, attention with its softmax, LayerNorm,
+GELU, token mixing, heads) are in reference_tokens.py, built on this
+module's ops.
 """
 
 from __future__ import annotations

@@ -290,10 +290,12 @@ def test_real_command_prints_one_line(tmp_path):
         "error: --arch=256-abc: unknown arch token 'abc' in '256-abc' "
         "(valid tokens: N (dense), NCk[sS][v|pP] (conv), RN[sS] (residual "
         "unit), Pk[sS] (max pool), Ak[sS] (average pool), G (global "
-        "average pool); X+ before a token opens its block with pool X; "
-        "options :bn :nobn :bias :nobias :dRATE; presets fdfa_conv_mnist, "
+        "average pool), EdpP (patch embedding), TH[rR] (transformer "
+        "block), MScC (mixer block), Hm/Hc/Hf (token head); X+ before a "
+        "token opens its block with pool X; options :bn :nobn :bias "
+        ":nobias :dRATE :ln :cls; presets fdfa_conv_mnist, "
         "fdfa_conv_cifar10, dkp_cifar10, alexnet_cifar100, resnet20, "
-        "resnet56, lenet5)"]
+        "resnet56, lenet5, vit_mnist, mixer_mnist, vit_cifar10)"]
     assert not (tmp_path / "out").exists()
 
 
