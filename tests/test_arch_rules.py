@@ -25,14 +25,21 @@ ARCHS = {
 }
 
 
-def make_model(rule, arch, shape, seed=0):
+# Initial values that would hide a wrong gradient (zero biases, γ = 1,
+# β = 0, a zero class token): moved away from them.
+PERTURBED = ("bias", "beta", "gamma", "position", "class_token")
+
+
+def make_model(rule, arch, shape, points="block", seed=0):
+    """The model of a one-step test (also test_token_blocks.py's)."""
     keras.utils.set_random_seed(seed)
     model = ProjectionModel(arch, rule, CLASSES, "classification", shape,
-                            bw_init="glorot_uniform", seed=seed)
+                            bw_init="glorot_uniform", seed=seed,
+                            feedback_points=points)
     model.build()
     rng = np.random.default_rng(seed + 7)
-    for v in model.forward_variables:  # biases and BN's β, γ away from 0, 1
-        if "bias" in v.path or "beta" in v.path or "gamma" in v.path:
+    for v in model.weights:  # (shallow: its blocks too, for the reference)
+        if v.path.rsplit("/", 1)[-1] in PERTURBED:
             v.assign(v.numpy() + rng.normal(0, 0.1, v.shape))
     if rule == "fdfa":  # B starts at 0; give it values so the test can fail
         for p in model.projections:

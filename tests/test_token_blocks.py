@@ -14,8 +14,8 @@ import reference_tokens as rt
 import shapes
 from hparams import ALGORITHMS, DIRECT_ALGORITHMS
 from model import ProjectionModel
+from test_arch_rules import CLASSES, batch, f64, make_model
 
-CLASSES = 3
 ARCHS = {
     # 2×2 patches of a 4×4 image: 4 tokens of 8 features, 2 heads of 4
     "vit": ("E8p2-T2r2-Hm", (4, 4, 1)),
@@ -27,33 +27,6 @@ ARCHS = {
 }
 CASES = ([(r, k, "block") for r in ALGORITHMS for k in ARCHS]
          + [(r, k, "sublayer") for r in DIRECT_ALGORITHMS for k in ARCHS])
-# Initial values that would hide a wrong gradient (zero biases, γ = 1,
-# β = 0, a zero class token), moved away as test_arch_rules.py does.
-PERTURBED = ("bias", "beta", "gamma", "position", "class_token")
-
-
-def make_model(rule, arch, shape, points="block", seed=0):
-    keras.utils.set_random_seed(seed)
-    model = ProjectionModel(arch, rule, CLASSES, "classification", shape,
-                            bw_init="glorot_uniform", seed=seed,
-                            feedback_points=points)
-    model.build()
-    rng = np.random.default_rng(seed + 7)
-    for v in model.weights:  # (shallow: its blocks too, for the reference)
-        if v.path.rsplit("/", 1)[-1] in PERTURBED:
-            v.assign(v.numpy() + rng.normal(0, 0.1, v.shape))
-    if rule == "fdfa":  # B starts at 0; give it values so the test can fail
-        for p in model.projections:
-            p.feedback.assign(rng.normal(0, 0.3, p.feedback.shape))
-    return model
-
-
-def batch(shape, n=6, seed=1):
-    return reference.random_batch(shape, CLASSES, n, seed)
-
-
-def f64(v):
-    return np.asarray(v, dtype=np.float64)
 
 
 class Mirror:
