@@ -27,8 +27,12 @@ from fields import (SEED_LIMIT, Field, arch_string, at_least_one,
 # Choices shared with other modules, which TensorFlow-free flag parsing
 # cannot import (their registries load TensorFlow): each list is checked
 # against its registry in tests/test_hparams.py.
-ALGORITHMS = ("bp", "fa", "kp", "dfa", "dkp", "fdfa", "drtp", "cce", "mse",
-              "shallow")
+ALGORITHMS = ("bp", "fa", "kp", "usf", "brsf", "frsf", "dfa", "dkp", "fdfa",
+              "drtp", "cce", "mse", "shallow")
+# Sign-concordant feedback draws its magnitudes from a uniform law
+# (layers.SIGN_BW_INITS).
+SIGN_ALGORITHMS = ("usf", "brsf", "frsf")
+SIGN_BW_INITS = ("uniform", "glorot_uniform")
 LABEL_ONLY_ALGORITHMS = ("drtp", "cce")  # no reconstruction
 # A teaching signal at each feedback point (--feedback_points applies).
 DIRECT_ALGORITHMS = ("dfa", "dkp", "fdfa", "drtp", "cce", "mse")
@@ -314,6 +318,10 @@ def check(hparams: Mapping[str, Any]) -> HParams:
                              "--image_size=0)")
     if hp.get("feedback_points", "block") == "sublayer":
         check_sublayer_points(hp)
+    if hp.algorithm in SIGN_ALGORITHMS and hp.bw_init not in SIGN_BW_INITS:
+        raise UsageError(f"--bw_init={hp.bw_init}: {hp.algorithm} draws its "
+                         "feedback magnitudes from a uniform law (valid: "
+                         f"--bw_init in {', '.join(SIGN_BW_INITS)})")
     if hp.objective.startswith("val_") and hp.validation_frac <= 0:
         raise UsageError(f"objective '{hp.objective}' needs validation data, "
                          "but --validation_frac=0 holds none out (valid: "

@@ -1,6 +1,6 @@
 """Dense and conv layers initialised by `--init`, and their twins that send
 errors back through a feedback kernel B instead of W (feedback alignment,
-Kolen-Pollack).  Blocks of these layers are in blocks.py.
+Kolen-Pollack, sign-concordant feedback).  Blocks of these layers are in blocks.py.
 """
 
 from __future__ import annotations
@@ -195,15 +195,79 @@ class Conv2D(_ForwardInit, keras.layers.Conv2D):
         return {**super().get_config(), "pad": self.pad}
 
 
-class _BackwardKernelMixin:
-    """Adds `backward_kernel` (B, shape of W), fixed or learned."""
+# Sign-concordant feedback (Liao, Leibo & Poggio 2016; Xiao et al. 2018;
+# the definitions of jsalbert/biotorch): B = sign(W) ∘ M, recomputed from
+# the current W at every step, with magnitudes M
+#   usf   uniform: the draws' standard deviation a/√3 everywhere
+#   frsf  |R|, R ~ U(−a, a) drawn once (the variable backward_kernel)
+#   brsf  |R|, R ~ U(−a, a) drawn anew for every batch
+# where U(−a, a) is --bw_init's law (SIGN_BW_INITS): a = 1/√fan_in
+# (`uniform`) or √(6/(fan_in + fan_out)) (`glorot_uniform`, biotorch's
+# xavier: then B has biotorch's scale in all three).
+SIGN_FEEDBACK = ("usf", "brsf", "frsf")
+SIGN_BW_INITS = ("uniform", "glorot_uniform")
 
-    def _add_backward_kernel(self, learned, bw_init, seed):
+
+def sign_feedback_bound(bw_init: str, shape) -> float:
+    """a of U(−a, a), --bw_init's law for a kernel of `shape` (dense: (in,
+    out); conv: (kh, kw, in, out), fans times the window, as Keras')."""
+    fan_in = math.prod(shape[:-1])
+    if bw_init == "uniform":
+        return 1.0 / math.sqrt(max(fan_in, 1))
+    if bw_init == "glorot_uniform":
+        fan_out = shape[-1] * math.prod(shape[:-2])
+        return math.sqrt(6.0 / (fan_in + fan_out))
+    raise ValueError(f"sign-concordant feedback draws from {SIGN_BW_INITS}, "
+                     f"not {bw_init!r}")
+
+
+class _BackwardKernelMixin:
+    """Adds B (shape of W), fixed or learned (`backward_kernel`), or
+    sign-concordant (SIGN_FEEDBACK): `feedback_kernel()` is the B of a
+    step."""
+
+    def _add_backward_kernel(self, learned, bw_init, seed, sign=None):
         fan_in = math.prod(self.kernel.shape[:-1])
+        if sign in ("usf", "brsf"):  # no B to keep: it is computed
+            self._sign_bound = sign_feedback_bound(bw_init,
+                                                   self.kernel.shape)
+            if sign == "brsf":
+                self.magnitude_seeds = keras.random.SeedGenerator(seed)
+            return
+        initializer = (
+            keras.initializers.RandomUniform(
+                -sign_feedback_bound(bw_init, self.kernel.shape),
+                sign_feedback_bound(bw_init, self.kernel.shape), seed=seed)
+            if sign == "frsf" else
+            feedback_initializer(bw_init, seed, fan_in))
         self.backward_kernel = self.add_weight(
             name="backward_kernel", shape=self.kernel.shape,
-            initializer=feedback_initializer(bw_init, seed, fan_in),
-            trainable=learned)
+            initializer=initializer, trainable=learned)
+
+    def feedback_kernel(self, kernel=None, peek=False):
+        """B of this step, in the kernel's dtype.  `kernel`: W as the layer
+        reads it (default: the variable).  brsf draws its magnitudes from
+        the layer's seed generator, which a training step advances; `peek`
+        draws the next step's without advancing it (inference, where
+        nothing reads B, trackers and tests)."""
+        kernel = tf.convert_to_tensor(
+            self.kernel.value if kernel is None else kernel)
+        if self.sign is None:
+            return tf.cast(self.backward_kernel.value, kernel.dtype)
+        if self.sign == "usf":
+            magnitude = self._sign_bound / math.sqrt(3.0)
+        elif self.sign == "frsf":
+            magnitude = tf.abs(self.backward_kernel.value)
+        else:
+            magnitude = self._sign_bound * tf.random.stateless_uniform(
+                kernel.shape, self._magnitude_seed(peek), alg="philox")
+        return tf.stop_gradient(tf.sign(kernel)
+                                * tf.cast(magnitude, kernel.dtype))
+
+    def _magnitude_seed(self, peek):
+        state = (self.magnitude_seeds.state.value if peek
+                 else self.magnitude_seeds.next())
+        return tf.cast(tf.math.floormod(state, tf.int32.max - 1), tf.int32)
 
     # Dense/Conv2D save only kernel and bias (their quantization-aware
     # format); the plain Layer format saves every variable, B included.
@@ -218,22 +282,27 @@ class _BackwardKernelMixin:
 class FeedbackDense(_BackwardKernelMixin, Dense):
     """Dense layer whose backward pass uses B instead of W."""
 
-    def __init__(self, units, learned=False, bw_init="uniform", seed=0, **kw):
+    def __init__(self, units, learned=False, bw_init="uniform", seed=0,
+                 sign=None, **kw):
         super().__init__(units, **kw)
         self.learned, self.bw_init, self.seed = learned, bw_init, seed
+        self.sign = sign
 
     def build(self, input_shape):
         super().build(input_shape)
-        self._add_backward_kernel(self.learned, self.bw_init, self.seed)
+        self._add_backward_kernel(self.learned, self.bw_init, self.seed,
+                                  self.sign)
 
-    def call(self, inputs):
-        y = feedback_matmul(inputs, self.kernel.value,
-                            self.backward_kernel.value)
+    def call(self, inputs, training=None):
+        kernel = self.kernel.value
+        y = feedback_matmul(inputs, kernel, self.feedback_kernel(
+            kernel, peek=not training))
         return y + self.bias if self.use_bias else y
 
     def get_config(self):
         return {**super().get_config(), "learned": self.learned,
-                "bw_init": self.bw_init, "seed": self.seed}
+                "bw_init": self.bw_init, "seed": self.seed,
+                "sign": self.sign}
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -242,31 +311,38 @@ class FeedbackConv2D(_BackwardKernelMixin, Conv2D):
     kernel."""
 
     def __init__(self, filters, kernel_size, learned=False, bw_init="uniform",
-                 seed=0, **kw):
+                 seed=0, sign=None, **kw):
         super().__init__(filters, kernel_size, **kw)
         self.learned, self.bw_init, self.seed = learned, bw_init, seed
+        self.sign, self._peek = sign, True
 
     def build(self, input_shape):
         super().build(input_shape)
-        self._add_backward_kernel(self.learned, self.bw_init, self.seed)
+        self._add_backward_kernel(self.learned, self.bw_init, self.seed,
+                                  self.sign)
+
+    def call(self, inputs, training=None):
+        self._peek = not training  # (read by convolution_op, just below)
+        return super().call(inputs)
 
     def convolution_op(self, inputs, kernel):
-        return feedback_conv2d(pad_images(inputs, self.pad),
-                               tf.convert_to_tensor(kernel),
-                               self.backward_kernel.value,
+        kernel = tf.convert_to_tensor(kernel)
+        return feedback_conv2d(pad_images(inputs, self.pad), kernel,
+                               self.feedback_kernel(kernel, self._peek),
                                self.strides[0], self.padding)
 
     def get_config(self):
         return {**super().get_config(), "learned": self.learned,
-                "bw_init": self.bw_init, "seed": self.seed}
+                "bw_init": self.bw_init, "seed": self.seed,
+                "sign": self.sign}
 
 
 def make_linear(kind, units, kernel=0, use_bias=True, kernel_feedback=None,
                 bw_init="uniform", seed=0, init="glorot_uniform", strides=1,
                 padding="same", name=None, dtype=None):
     """A dense or conv layer (blocks, residual units, the output layer):
-    plain, or sending errors back through B (`kernel_feedback` "fixed" or
-    "learned").  `padding` is "same", "valid" or pixels on every side;
+    plain, or sending errors back through B (`kernel_feedback` "fixed",
+    "learned" or one of SIGN_FEEDBACK).  `padding` is "same", "valid" or pixels on every side;
     `dtype` the Keras dtype policy (mixed: W and B stay float32 variables,
     read in the compute dtype inside the layer, so FA/KP's backward
     product dy Bᵀ runs in 16 bits like the rest of the backward pass)."""
@@ -279,8 +355,9 @@ def make_linear(kind, units, kernel=0, use_bias=True, kernel_feedback=None,
         if kind == "dense":
             return Dense(units, **common)
         return Conv2D(units, **common, **conv)
-    learned = kernel_feedback == "learned"
+    feedback = dict(learned=kernel_feedback == "learned", bw_init=bw_init,
+                    seed=seed, sign=kernel_feedback
+                    if kernel_feedback in SIGN_FEEDBACK else None)
     if kind == "dense":
-        return FeedbackDense(units, learned, bw_init, seed, **common)
-    return FeedbackConv2D(units, learned=learned, bw_init=bw_init, seed=seed,
-                          **common, **conv)
+        return FeedbackDense(units, **feedback, **common)
+    return FeedbackConv2D(units, **feedback, **common, **conv)

@@ -244,7 +244,7 @@ class ProjectionModel(keras.Model):
             x = token_blocks.apply_head(x, self.head_kind, self.head_norm)
         if len(x.shape) > 2:
             x = tf.reshape(x, (-1, math.prod(x.shape[1:])))
-        return hidden, self.output_layer(x)
+        return hidden, self.output_layer(x, training=training)
 
     def output_function(self, z):
         return projection.output_function(self.output_fn)(z)

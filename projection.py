@@ -68,8 +68,10 @@ class Projection(keras.layers.Layer):
                        direct: shallow).
       trains_hidden    False: the hidden blocks keep their initial
                        weights, only the output layer learns (shallow).
-      kernel_feedback  None, "fixed" or "learned": dense/conv layers send
-                       their error back through B in place of W (fa, kp).
+      kernel_feedback  None, "fixed", "learned" or a sign-concordant kind
+                       (layers.SIGN_FEEDBACK): dense/conv layers send
+                       their error back through B in place of W (fa, kp,
+                       usf, brsf, frsf).
       learns_feedback  B_l has an update of its own (dkp, fdfa).
       supports_reconstruction  False for rules that need labels.
     """
@@ -175,6 +177,33 @@ class KolenPollack(Projection):
                     "its initialisation (--weight_decay=λ > 0 shrinks "
                     "W − B by lr·λ per step under sgd and adamw)"]
         return []
+
+
+@register("usf")
+class UniformSignFeedback(FeedbackAlignment):
+    """Uniform sign-concordant feedback (Liao, Leibo & Poggio 2016): FA
+    with B = s·sign(W) from the current W at every step, s the standard
+    deviation of --bw_init's draws (biotorch's scale; layers.py)."""
+
+    kernel_feedback = "usf"
+
+
+@register("brsf")
+class BatchRandomSignFeedback(FeedbackAlignment):
+    """Batchwise random-magnitude sign-concordant feedback (Moskovitz et
+    al. 2018; biotorch's brsf): FA with B = |R| ∘ sign(W), R ~ U(−a, a)
+    (--bw_init's law) drawn anew for every batch."""
+
+    kernel_feedback = "brsf"
+
+
+@register("frsf")
+class FixedRandomSignFeedback(FeedbackAlignment):
+    """Fixed random-magnitude sign-concordant feedback (Moskovitz et al.
+    2018; biotorch's frsf): FA with B = |R| ∘ sign(W), R ~ U(−a, a) drawn
+    once and kept; only the signs follow W."""
+
+    kernel_feedback = "frsf"
 
 
 # --- Direct rules: a projection per hidden block. ---------------------------

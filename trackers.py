@@ -105,8 +105,9 @@ def alignment_pairs(model) -> dict:
     """{layer: (W, B-like) as callables} where weight alignment is defined;
     bp's is the constant 1 (an empty callable pair)."""
     names, linear = layer_names(model), linear_layers(model)
-    if model.rule.kernel_feedback:  # fa, kp: B has W's shape
-        return {name: (lambda l=l: l.kernel, lambda l=l: l.backward_kernel)
+    if model.rule.kernel_feedback:  # fa, kp, sign: B has W's shape
+        return {name: (lambda l=l: l.kernel,  # (brsf: the next step's B)
+                       lambda l=l: l.feedback_kernel(peek=True))
                 for name, l in zip(names, linear)}
     if model.rule.chained:  # bp
         return {name: None for name in names}

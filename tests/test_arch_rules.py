@@ -65,8 +65,9 @@ class Mirror:
 
     def linear(self, layer):
         bias = f64(layer.bias) if layer.use_bias else None
-        back = getattr(layer, "backward_kernel", None)
-        back = None if back is None else f64(back)
+        # B as the next step uses it (brsf: its draw, not taken yet)
+        back = (f64(layer.feedback_kernel(peek=True))
+                if hasattr(layer, "feedback_kernel") else None)
         if isinstance(layer, keras.layers.Dense):
             op = reference.Dense(f64(layer.kernel), bias, back)
         else:
@@ -75,7 +76,7 @@ class Mirror:
         self.where[id(layer.kernel)] = (op, "W")
         if layer.use_bias:
             self.where[id(layer.bias)] = (op, "b")
-        if back is not None and layer.backward_kernel.trainable:
+        if getattr(layer, "learned", False):
             # KP: B gets exactly W's gradient
             self.where[id(layer.backward_kernel)] = (op, "W")
         return op
@@ -122,8 +123,8 @@ def test_one_step_through_every_op_matches_hand_computed(rule, kind):
     arch, shape = ARCHS[kind]
     model = make_model(rule, arch, shape)
     x, y = batch(shape)
+    mirror = Mirror(model)  # (before the step: brsf's B is drawn in it)
     step = model.compute_gradients(tf.constant(x), tf.constant(y))
-    mirror = Mirror(model)
     x64 = x.astype(np.float64)
     if not model.rule.direct:  # (shallow: backprop's output gradient)
         reference.opnet_chained(mirror.net, x64, y,

@@ -38,7 +38,7 @@ BAD_INPUTS = {
                           "mnist.npz' not found"),
     "drtp reconstruction": (["--algorithm=drtp",
                              "--problem_type=reconstruction"],
-                            "valid: bp, fa, kp, dfa"),
+                            "valid: bp, fa, kp, usf, brsf, frsf, dfa"),
     "examples_frac zero": (["--examples_frac=0"], "must be in (0, 1]"),
     "examples_frac above one": (["--examples_frac=1.5"], "must be in (0, 1]"),
     "negative epochs": (["--epochs=-1"], "must be positive"),
@@ -142,6 +142,10 @@ BAD_INPUTS = {
         ["--algorithm=dfa", "--arch=256", "--feedback_points=sublayer"],
         "--arch=256 has no transformer or mixer block, so sublayer is block "
         "(valid: --feedback_points=block)"),
+    "sign feedback from a non-uniform law": (
+        ["--algorithm=brsf", "--bw_init=orthogonal"],
+        "--bw_init=orthogonal: brsf draws its feedback magnitudes from a "
+        "uniform law (valid: --bw_init in uniform, glorot_uniform)"),
     "head without tokens": (["--arch=32C3-Hm"], "head token 'Hm' in "
                             "'32C3-Hm' must close a token block"),
     "transformer without tokens": (["--arch=T4"], "token 'T4' in 'T4' needs "

@@ -31,6 +31,9 @@ def registries():
                                        if not r.supports_reconstruction),
         "DIRECT_ALGORITHMS": tuple(k for k, r in projection.RULES.items()
                                    if r.direct),
+        "SIGN_ALGORITHMS": tuple(k for k, r in projection.RULES.items()
+                                 if r.kernel_feedback in layers.SIGN_FEEDBACK),
+        "SIGN_BW_INITS": layers.SIGN_BW_INITS,
         "ACTIVATIONS": tuple(layers.ACTIVATIONS),
         "OPTIMIZERS": tuple(optimizers.OPTIMIZERS),
         "LR_SCHEDULES": tuple(optimizers.LR_SCHEDULES),

@@ -46,13 +46,13 @@ def as_reference(model):
         assert pool is None or pool.token == "P2"  # what reference.Net has
         entry = dict(kind=block.spec.kind, W=f64(layer.kernel),
                      b=f64(layer.bias), pool=pool is not None)
-        if hasattr(layer, "backward_kernel"):
-            entry["B"] = f64(layer.backward_kernel)
+        if hasattr(layer, "feedback_kernel"):  # (brsf: the next step's)
+            entry["B"] = f64(layer.feedback_kernel(peek=True))
         layers.append(entry)
     out = model.output_layer
     output = dict(W=f64(out.kernel), b=f64(out.bias))
-    if hasattr(out, "backward_kernel"):
-        output["B"] = f64(out.backward_kernel)
+    if hasattr(out, "feedback_kernel"):
+        output["B"] = f64(out.feedback_kernel(peek=True))
     return reference.Net(layers, output)
 
 
@@ -95,8 +95,8 @@ def test_one_step_gradients_match_hand_computed(rule, kind):
             p.feedback.assign(np.random.default_rng(3).normal(
                 0, 0.3, p.feedback.shape))
     x, y = batch(shape)
+    expected = expected_grads(rule, model, x, y)  # (brsf: B before its draw)
     step = model.compute_gradients(tf.constant(x), tf.constant(y))
-    expected = expected_grads(rule, model, x, y)
     actual = grads_by_layer(model, step.grads)
     assert set(actual) == {k for k in expected if k != "feedback"}
     for key, (dw, db) in ((k, v) for k, v in expected.items()

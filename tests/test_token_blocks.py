@@ -47,8 +47,9 @@ class Mirror:
 
     def linear(self, layer, tokens=False):
         bias = f64(layer.bias) if layer.use_bias else None
-        back = getattr(layer, "backward_kernel", None)
-        back = None if back is None else f64(back)
+        # B as the next step uses it (brsf: its draw, not taken yet)
+        back = (f64(layer.feedback_kernel(peek=True))
+                if hasattr(layer, "feedback_kernel") else None)
         if isinstance(layer, keras.layers.Conv2D):
             op = reference.Conv(f64(layer.kernel), bias, back,
                                 layer.strides[0], layer.padding)
@@ -58,7 +59,7 @@ class Mirror:
         self.held(layer.kernel, op, "W")
         if layer.use_bias:
             self.held(layer.bias, op, "b")
-        if back is not None and layer.backward_kernel.trainable:
+        if getattr(layer, "learned", False):
             self.held(layer.backward_kernel, op, "W")  # KP: W's gradient
         return op
 
@@ -113,8 +114,8 @@ def test_one_step_matches_hand_computed(rule, kind, points):
     arch, shape = ARCHS[kind]
     model = make_model(rule, arch, shape, points)
     x, y = batch(shape)
+    mirror = Mirror(model)  # (before the step: brsf's B is drawn in it)
     step = model.compute_gradients(tf.constant(x), tf.constant(y))
-    mirror = Mirror(model)
     feedback = reference_step(model, mirror, x, y, rule)
     if rule == "dkp":  # ∂ℓ/∂B = h ᵀ e, one per feedback point
         assert len(step.feedback_grads) == len(feedback)

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import cli
 import hparams
+import projection
 import sweep_plan
 import reference
 import train
@@ -19,8 +20,6 @@ import tracker_plots
 import trackers
 from hparams import ALGORITHMS, TRACKERS
 from test_rules import ARCHS, as_reference, batch, make_model
-
-DIRECT = [r for r in ALGORITHMS if r not in ("bp", "fa", "kp")]
 
 
 def tracked(model, every=1, names=TRACKERS):
@@ -74,7 +73,7 @@ def expected_values(rule, model, x, y):
     true = reference.chained_grads(net, x, y, use_backward_kernel=False)
     signals_bp = chained_signals(net, x, y)
     values = {}
-    if rule in ("bp", "fa", "kp"):
+    if projection.RULES[rule].chained:  # bp, fa, kp, usf, brsf, frsf
         rule_grads = reference.chained_grads(
             net, x, y, use_backward_kernel=rule != "bp")
         signals = (signals_bp if rule == "bp"
@@ -138,6 +137,11 @@ def test_every_tracker_matches_hand_computed(rule, kind):
     x, y = batch(shape)
     expected = expected_values(rule, model, x, y)
     values = measured(model, x, y)
+    if rule == "brsf":  # its alignment is with the next batch's draw of B
+        for name, layer in zip(trackers.layer_names(model),
+                               trackers.linear_layers(model)):
+            expected[f"weight_alignment/{name}"] = cos(
+                layer.kernel.numpy(), layer.feedback_kernel(peek=True))
     for tag, want in expected.items():
         assert tag in values, tag
         np.testing.assert_allclose(values[tag], want, rtol=1e-4, atol=1e-5,
@@ -296,7 +300,7 @@ def expected_tags(rule, kind):
     train_tags |= {f"{k}/{n}" for k in ("weight_norm", "update_norm")
                    for n in layers}
     train_tags |= {f"activations/{n}" for n in hidden}
-    if rule in ("bp", "fa", "kp"):
+    if projection.RULES[rule].chained:
         aligned = layers
     elif rule == "shallow":  # no feedback to align
         aligned = []
@@ -304,7 +308,7 @@ def expected_tags(rule, kind):
         aligned = ["block2", "output"] if kind == "dense" else ["output"]
     train_tags |= {f"weight_alignment/{n}" for n in aligned}
     val_tags = set()
-    if rule not in ("bp", "fa", "kp", "shallow"):
+    if projection.RULES[rule].direct:
         local = {f"local_loss/{n}" for n in hidden}
         train_tags |= local
         val_tags |= local
