@@ -4,7 +4,7 @@ multiply-adds against BP's, its memory, and one line per speed target."""
 from __future__ import annotations
 
 import arch as arch_lib
-from hparams import DIRECT_ALGORITHMS
+from hparams import DIRECT_ALGORITHMS, SIGN_ALGORITHMS
 from speed_reference import input_shape_of, theoretical_macs
 
 KERAS_FIT = "keras_fit_bp"  # Keras' own model and fit: BP's baseline row
@@ -67,7 +67,9 @@ def is_token_arch(arch) -> bool:
 # networks (issue 21) every direct rule but FDFA 1.1 with its signals at
 # the blocks' outputs (a block's backward is BP's, less the first map's
 # input gradient, plus e Bᵀ).
-LIMITS = {"fdfa": 2.5, "shallow": 1.0, "other": 1.5, "baseline": 1.1}
+# Sign-concordant feedback 1.2 (issue 22): FA's step plus sign(W) ∘ M.
+LIMITS = {"fdfa": 2.5, "shallow": 1.0, "other": 1.5, "baseline": 1.1,
+          **{rule: 1.2 for rule in SIGN_ALGORITHMS}}
 WIDE_MLP_LIMITS = {"dfa": 0.8}
 TOKEN_BLOCK_LIMITS = {rule: 1.1 for rule in DIRECT_ALGORITHMS
                       if rule != "fdfa"}

@@ -196,3 +196,5 @@ def test_speed_limits_of_token_networks():
     assert limit("shallow", "vit_mnist") == limit("shallow", "resnet20") == 1
     assert limit("dfa", speed_report.WIDE_MLP) == 0.8
     assert limit("dkp", "resnet20") == limit("fa", "vit_mnist") == 1.5
+    for rule in ("usf", "brsf", "frsf"):
+        assert limit(rule, "resnet20") == limit(rule, "vit_mnist") == 1.2
