@@ -219,8 +219,8 @@ def tokens_section(args, results):
         f"{seeds_text(args.token_seeds)}.  Every rule at "
         "`--feedback_points=block`; `dfa, sublayer` puts three points in "
         "each block (README, \"Transformers and MLP-Mixers\").  `shallow` "
-        "trains the output layer (and the head's LayerNorm) alone.  Each "
-        "run is:", "",
+        "trains the output layer alone (the head's LayerNorm keeps γ = 1, "
+        "β = 0).  Each run is:", "",
         "```bash", command, "```", "",
         "| rule | " + " | ".join(f"`{a}`" for a in archs) + " |",
         "| --- |" + " --- |" * len(archs)]
