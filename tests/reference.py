@@ -391,3 +391,15 @@ def opnet_direct(net, x, y, rule, projections):
         back(ops, dh.reshape(h.shape))
         feedback.append(db)
     return feedback
+
+
+def __getattr__(name):
+    """The token blocks' references (reference_tokens.py, built on this
+    module's ops) also as this module's names: `reference.Attention`,
+    `reference.LayerNorm`, `reference.TokenNet`..."""
+    import reference_tokens
+    try:
+        return getattr(reference_tokens, name)
+    except AttributeError:
+        raise AttributeError(f"module 'reference' has no attribute "
+                             f"{name!r}") from None
