@@ -161,3 +161,26 @@ def test_brsf_killed_after_an_epoch_resumes_bit_identical(tmp_path):
     assert metrics(killed) == metrics(reference)
     assert (killed / "history.csv").read_text() == (
         reference / "history.csv").read_text()
+
+
+def test_brsf_magnitudes_are_uniform_and_independent_across_seeds():
+    """layers.hashed_uniform: U[0, 1) in mean, spread and histogram,
+    the same for a seed, uncorrelated between seeds (consecutive states
+    of a seed generator) and between neighbouring elements."""
+    import layers
+    shape = (1000, 1000)
+    u = layers.hashed_uniform(shape, tf.constant([0, 0])).numpy()
+    assert abs(u.mean() - 0.5) < 2e-3 and abs(u.std() - 12 ** -0.5) < 2e-3
+    # χ² over 64 equal bins (63 degrees of freedom: 63 ± 11 for a uniform
+    # law; Philox gives 52–80 on these seeds); 110 is p ≈ 2·10⁻⁴
+    counts = np.histogram(u, bins=64, range=(0, 1))[0]
+    expected = u.size / 64
+    assert ((counts - expected) ** 2 / expected).sum() < 110
+    assert u.min() >= 0 and u.max() < 1
+    np.testing.assert_array_equal(
+        layers.hashed_uniform(shape, tf.constant([0, 0])), u)
+    for seed in ([0, 1], [1, 0], [7, 3]):
+        other = layers.hashed_uniform(shape, tf.constant(seed)).numpy()
+        assert abs(np.corrcoef(u.ravel(), other.ravel())[0, 1]) < 0.01
+    flat = u.ravel()
+    assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.01
