@@ -221,6 +221,35 @@ def sign_feedback_bound(bw_init: str, shape) -> float:
                      f"not {bw_init!r}")
 
 
+def _mix(x):
+    """lowbias32 (C. Wellons' integer hash): every output bit depends on
+    every input bit."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def hashed_uniform(shape, seed):
+    """U[0, 1) samples, 24 bits each: a counter-based generator, the hash
+    of each element's index mixed with the (2,) `seed`.  brsf draws a
+    kernel's worth every step: Philox (tf.random.stateless_uniform) takes
+    2.8 ms per million on XLA's CPU backend, this 0.6 ms (2 cores), which
+    on 784-1000-1000-1000-10 is the difference between 2.1× BP's step and
+    about BP's."""
+    seed = tf.cast(seed, tf.uint32)
+    # (an odd constant: the hash maps 0 to 0, and seed 0's state is 0, 0)
+    key = _mix(seed[0] * tf.constant(0x9E3779B9, tf.uint32) + seed[1]
+               + tf.constant(0x6A09E667, tf.uint32))
+    count = math.prod(shape)
+    index = tf.cast(tf.range(count, dtype=tf.int32), tf.uint32)
+    bits = _mix(index * tf.constant(0x85EBCA6B, tf.uint32) + key)
+    uniform = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (
+        1.0 / (1 << 24))
+    return tf.reshape(uniform, shape)
+
+
 class _BackwardKernelMixin:
     """Adds B (shape of W), fixed or learned (`backward_kernel`), or
     sign-concordant (SIGN_FEEDBACK): `feedback_kernel()` is the B of a
@@ -264,35 +293,6 @@ class _BackwardKernelMixin:
             magnitude = self._sign_bound * hashed_uniform(kernel.shape, state)
         return tf.stop_gradient(tf.sign(kernel)
                                 * tf.cast(magnitude, kernel.dtype))
-
-
-def _mix(x):
-    """lowbias32 (C. Wellons' integer hash): every output bit depends on
-    every input bit."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
-    x = x * tf.constant(0x7FEB352D, tf.uint32)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
-    x = x * tf.constant(0x846CA68B, tf.uint32)
-    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
-
-
-def hashed_uniform(shape, seed):
-    """U[0, 1) samples, 24 bits each: a counter-based generator, the hash
-    of each element's index mixed with the (2,) `seed`.  brsf draws a
-    kernel's worth every step: Philox (tf.random.stateless_uniform) takes
-    2.8 ms per million on XLA's CPU backend, this 0.6 ms (2 cores), which
-    on 784-1000-1000-1000-10 is the difference between 2.1× BP's step and
-    about BP's."""
-    seed = tf.cast(seed, tf.uint32)
-    # (an odd constant: the hash maps 0 to 0, and seed 0's state is 0, 0)
-    key = _mix(seed[0] * tf.constant(0x9E3779B9, tf.uint32) + seed[1]
-               + tf.constant(0x6A09E667, tf.uint32))
-    count = math.prod(shape)
-    index = tf.cast(tf.range(count, dtype=tf.int32), tf.uint32)
-    bits = _mix(index * tf.constant(0x85EBCA6B, tf.uint32) + key)
-    uniform = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (
-        1.0 / (1 << 24))
-    return tf.reshape(uniform, shape)
 
     # Dense/Conv2D save only kernel and bias (their quantization-aware
     # format); the plain Layer format saves every variable, B included.
