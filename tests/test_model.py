@@ -77,6 +77,7 @@ def test_fdfa_moves_b_toward_the_estimate():
                for p in model.projections)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ARCHS)
 @pytest.mark.parametrize("rule", ALGORITHMS)
 def test_saved_model_reloads_same_feedback_and_predictions(rule, kind,

@@ -59,6 +59,7 @@ class BackupModes(keras.callbacks.Callback):
             self.seen.update(modes(self.backup))
 
 
+@pytest.mark.slow
 def test_a_run_and_a_sweep_write_files_the_umask_allows(tmp_path, umask):
     run = tmp_path / "run"
     hp = hparams.make(dataset="digits", arch="8", epochs=2, use_xla=False)

@@ -132,6 +132,7 @@ def test_verbose_restores_keras_tuner_and_keras_details(tmp_path, capsys,
     keras_tuner.src.config.DEBUG = False  # (as the default run leaves it)
 
 
+@pytest.mark.slow
 def test_trackers_are_not_on_the_epoch_line(tmp_path, capsys, monkeypatch):
     """...but in history.csv; -v puts them back on the line."""
     monkeypatch.delenv(quiet.VERBOSE_ENV, raising=False)

@@ -4,6 +4,7 @@ import glob
 import os
 
 import pandas as pd
+import pytest
 
 import hparams
 import tune
@@ -14,6 +15,7 @@ QUICK = {"dataset": ("digits",), "arch": ("32",), "epochs": (1,),
          "batch_norm": (False,)}
 
 
+@pytest.mark.slow
 def test_sweep_runs_the_grid_writes_results_and_resumes(tmp_path):
     sweep = str(tmp_path / "exp")
     given = {**QUICK, "algorithm": ("dfa",), "lr": (1e-3, 1e-2)}
@@ -40,6 +42,7 @@ def test_sweep_runs_the_grid_writes_results_and_resumes(tmp_path):
         for t in frame["trial_id"]}
 
 
+@pytest.mark.slow
 def test_one_grid_holds_all_nine_rules(tmp_path):
     given = {**QUICK, "algorithm": ALGORITHMS, "lr": (1e-3,)}
     frame = tune.run_sweep(given, str(tmp_path / "all"), verbose=False)

@@ -282,6 +282,7 @@ def test_trackers_measure_every_point_and_weight_map(rule, points):
                           "signal_cosine/block2"]) < 0.99  # random B
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule,points", [("dfa", "sublayer"),
                                          ("bp", "block")])
 def test_a_tracked_token_run_logs_every_tag(rule, points, tmp_path):
@@ -308,6 +309,7 @@ def test_a_tracked_token_run_logs_every_tag(rule, points, tmp_path):
 
 # --- 6. --augment ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_augment_flip_trains_a_token_net(tmp_path, monkeypatch):
     import augment
     flips = []

@@ -358,6 +358,7 @@ def test_every_tracker_reaches_tensorboard_and_history(rule, kind, tmp_path):
     check_logs(tmp_path, rule, kind)
 
 
+@pytest.mark.slow
 def test_train_py_logs_trackers_of_a_compiled_run(tmp_path):
     hp = hparams.make(dataset="digits", algorithm="dkp",
                       arch=TB_ARCHS["dense"], epochs=1, examples_frac=0.12,

@@ -59,6 +59,7 @@ def test_a_wider_lr_on_the_command_line_runs_only_the_new_ones(tmp_path):
     ({"lr": (1e-2, 1e-1), "activation": ("relu",)},
      "activation was tanh, now relu; lr lost 0.001"),
 ])
+@pytest.mark.slow
 def test_a_rerun_that_changes_a_fixed_setting_is_refused_naming_it(
         change, words, tmp_path):
     sweep = str(tmp_path / "exp")
