@@ -136,12 +136,18 @@ def test_one_step_through_every_op_matches_hand_computed(rule, kind):
         if rule == "dkp":  # ∂ℓ_l/∂B_l = h_lᵀ e
             for got, want in zip(step.feedback_grads, feedback):
                 reference.assert_close(got, want, "dkp feedback gradient")
+    assert_step_matches_mirror(model, step, mirror, f"{rule} {kind}")
+
+
+def assert_step_matches_mirror(model, step, mirror, what):
+    """Each trained variable's gradient against the numpy mirror's (also
+    test_token_blocks.py's); shallow trains the output layer alone."""
     trained = (mirror.where if model.rule.trains_hidden else
-               [model.output_layer.kernel, model.output_layer.bias])
-    assert len(step.grads) == len(trained)
+               model.output_layer.trainable_variables)
+    assert len(step.grads) == len(model.forward_variables) == len(trained)
     for variable, grad in zip(model.forward_variables, step.grads):
         reference.assert_close(grad, mirror.expected(variable),
-                     f"{rule} {kind} {variable.path}")
+                               f"{what} {variable.path}")
 
 
 def test_fa_with_b_equal_to_w_gives_bp_on_a_residual_net():

@@ -14,7 +14,8 @@ import reference_tokens as rt
 import shapes
 from hparams import ALGORITHMS, DIRECT_ALGORITHMS
 from model import ProjectionModel
-from test_arch_rules import CLASSES, batch, f64, make_model
+from test_arch_rules import (CLASSES, assert_step_matches_mirror, batch, f64,
+                             make_model)
 
 ARCHS = {
     # 2×2 patches of a 4×4 image: 4 tokens of 8 features, 2 heads of 4
@@ -121,12 +122,7 @@ def test_one_step_matches_hand_computed(rule, kind, points):
         assert len(step.feedback_grads) == len(feedback)
         for got, want in zip(step.feedback_grads, feedback):
             reference.assert_close(got, want, "dkp feedback gradient")
-    trained = (mirror.where if model.rule.trains_hidden else
-               model.output_layer.trainable_variables)
-    assert len(step.grads) == len(model.forward_variables) == len(trained)
-    for variable, grad in zip(model.forward_variables, step.grads):
-        reference.assert_close(grad, mirror.expected(variable),
-                               f"{rule} {kind} {points} {variable.path}")
+    assert_step_matches_mirror(model, step, mirror, f"{rule} {kind} {points}")
 
 
 def test_fa_with_b_equal_to_w_gives_bp_on_a_vit():
