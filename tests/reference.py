@@ -394,12 +394,9 @@ def opnet_direct(net, x, y, rule, projections):
 
 
 def __getattr__(name):
-    """The token blocks' references (reference_tokens.py, built on this
-    module's ops) also as this module's names: `reference.Attention`,
-    `reference.LayerNorm`, `reference.TokenNet`..."""
+    """reference_tokens.py's names too (reference.Attention, TokenNet)."""
     import reference_tokens
     try:
         return getattr(reference_tokens, name)
     except AttributeError:
-        raise AttributeError(f"module 'reference' has no attribute "
-                             f"{name!r}") from None
+        raise AttributeError(f"no reference.{name}") from None
