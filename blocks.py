@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 import arch as arch_lib
+from arch_tokens import TOKEN_KINDS, BlockSpec, Pool
 import shapes
 import token_blocks
 from layers import ACTIVATIONS, PACKAGE, make_linear
@@ -36,15 +37,15 @@ from layers import ACTIVATIONS, PACKAGE, make_linear
 _CONV2_SEED, _SHORTCUT_SEED = 1_000_000, 2_000_000
 
 
-def spec_from_config(spec) -> arch_lib.BlockSpec:
+def spec_from_config(spec) -> BlockSpec:
     """A BlockSpec from itself or from its dict (a saved config)."""
-    if isinstance(spec, arch_lib.BlockSpec):
+    if isinstance(spec, BlockSpec):
         return spec
     spec = dict(spec)
     for side in ("pre", "post"):
         if spec.get(side) is not None:
-            spec[side] = arch_lib.Pool(**spec[side])
-    return arch_lib.BlockSpec(**spec)
+            spec[side] = Pool(**spec[side])
+    return BlockSpec(**spec)
 
 
 def reshaped_max_pool(h, size):
@@ -64,7 +65,7 @@ def reshaped_max_pool(h, size):
     return tf.reduce_max(windows, axis=(2, 4))
 
 
-def apply_pool(h, pool: arch_lib.Pool, reshape_max: bool = False):
+def apply_pool(h, pool: Pool, reshape_max: bool = False):
     if pool.kind == "global":
         return tf.reduce_mean(h, axis=(1, 2))
     if pool.kind == "avg":
@@ -191,7 +192,7 @@ class Block(keras.layers.Layer):
         self.unit = self.layer = self.norm = self.head_norm = None
         self.sublayer = (feedback_points == "sublayer"
                          and s.kind in ("transformer", "mixer"))
-        if s.kind in ("residual", *arch_lib.TOKEN_KINDS):
+        if s.kind in ("residual", *TOKEN_KINDS):
             self.unit = _unit(s, activation, seed, make,
                               dtype=self.dtype_policy)
         else:

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 import arch as arch_lib
+from arch_tokens import Pool
 import loss_scaling
 import optimizers  # noqa: F401  (registers what a saved model's optimizers are)
 import projection
@@ -145,7 +146,7 @@ class ProjectionModel(keras.Model):
         if self.head_norm is not None:
             self.head_norm.build(shape)
             shape = (shape[0], *shapes.pool_shape(
-                arch_lib.Pool(self.head_kind), shape[1:]))
+                Pool(self.head_kind), shape[1:]))
         self.output_layer.build((None, math.prod(shape[1:])))
         self.built = True
 

@@ -94,6 +94,9 @@ def parse_args(argv):
     parser.add_argument("--token_seeds", type=int, default=1,
                         help="seeds of every rule on vit_mnist and "
                         "mixer_mnist (0: skip it)")
+    parser.add_argument("--token_archs",
+                        default=",".join(references.NAKAJIMA_MNIST),
+                        help="the token presets of that part")
     parser.add_argument("--rules", default=",".join(hparams_lib.ALGORITHMS))
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--quick", action="store_true")
@@ -281,7 +284,7 @@ def token_rules(args, started):
     results = {}
     setting = {**TOKEN_SETTING, **WHOLE_TRAINING_SPLIT,
                "epochs": args.token_epochs}
-    for arch in references.NAKAJIMA_MNIST:
+    for arch in args.token_archs.split(","):
         folder = os.path.join(args.workdir, "tokens", arch)
         results[arch] = rules_by_seed(args, started, {**setting, "arch": arch},
                                       args.token_seeds, folder, arch)

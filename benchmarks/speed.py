@@ -84,11 +84,13 @@ quiet.install()  # TensorFlow's start-up lines hidden, as in train.py
 
 import datasets  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
+from process_memory import (gpu_present, peak_rss_mb,  # noqa: E402
+                            reset_peak_rss, rss_mb)
 from speed_reference import (CLASSES, INPUT_SHAPE,  # noqa: E402
                              HandwrittenRunner, MatmulRoof, input_shape_of,
                              keras_fit_model, theoretical_macs)
 from speed_report import (BASELINES, HANDWRITTEN, KERAS_FIT,  # noqa: E402
-                          WIDE_MLP, format_table)
+                          WIDE_MLP, format_table, summarize)
 
 DEFAULT_ARCHS = (WIDE_MLP, "16C5-P2-64", "fdfa_conv_mnist", "resnet20")
 SYNTHETIC_EXAMPLES = 8192
@@ -218,40 +220,6 @@ def seconds_per_step(runner, steps):
 # --- Memory -----------------------------------------------------------------
 
 
-def gpu_present():
-    import tensorflow as tf
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
-def rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise OSError("no VmRSS")
-
-
-def reset_peak_rss():
-    """Hands freed heap back to the OS, then resets the kernel's peak RSS
-    (Linux ≥ 4.0); False where either is unavailable."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise OSError("no VmHWM")
-
-
 def memory_probe(arch, rule, args):
     """Peak memory of training `rule` alone (run in a fresh process)."""
     import tensorflow as tf
@@ -358,13 +326,6 @@ def state_mb(model):
     return sum(v.numpy().nbytes for v in unique) / 2**20
 
 
-def quartiles(values):
-    if len(values) < 2:  # --repeats=1: one ratio per rule, no spread
-        return values[0], values[0]
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q3
-
-
 def macs_vs_bp(arch, names, args):
     """{runner: its step's multiply-adds / BP's} (the baselines: BP's)."""
     def macs(name):
@@ -372,26 +333,6 @@ def macs_vs_bp(arch, names, args):
         return theoretical_macs(rule, arch, feedback_points=hparams_for(
             arch, rule, args)["feedback_points"])
     return {name: macs(name) / macs("bp") for name in names}
-
-
-def summarize(seconds, ratios, macs, args):
-    """Per runner: the median step time, the median and quartiles over
-    rounds of its paired ratio to BP, and its multiply-adds over BP's
-    (`macs`)."""
-    results = {}
-    for name, times in seconds.items():
-        step = statistics.median(times)
-        q1, q3 = quartiles(ratios[name])
-        results[name] = {
-            "samples_per_s": args.batch_size / step,
-            "step_ms": 1e3 * step,
-            "best_step_ms": 1e3 * min(times),
-            "step_time_vs_bp": statistics.median(ratios[name]),
-            "ratio_q1": q1, "ratio_q3": q3,
-            "macs_vs_bp": macs[name],
-            "peak_mem_mb": None, "state_mb": None,
-        }
-    return results
 
 
 def main(argv=None):

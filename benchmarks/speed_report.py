@@ -3,6 +3,8 @@ multiply-adds against BP's, its memory, and one line per speed target."""
 
 from __future__ import annotations
 
+import statistics
+
 import arch as arch_lib
 from hparams import DIRECT_ALGORITHMS, SIGN_ALGORITHMS
 from speed_reference import input_shape_of, theoretical_macs
@@ -99,3 +101,30 @@ def check_lines(arch, results, feedback_points="block"):
     return [f"check {name}: {ratio:.2f} (limit {limit}) "
             f"{'ok' if ratio <= limit else 'OVER'}"
             for name, ratio, limit in checks]
+
+
+def quartiles(values):
+    if len(values) < 2:  # --repeats=1: one ratio per rule, no spread
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def summarize(seconds, ratios, macs, args):
+    """Per runner: the median step time, the median and quartiles over
+    rounds of its paired ratio to BP, and its multiply-adds over BP's
+    (`macs`)."""
+    results = {}
+    for name, times in seconds.items():
+        step = statistics.median(times)
+        q1, q3 = quartiles(ratios[name])
+        results[name] = {
+            "samples_per_s": args.batch_size / step,
+            "step_ms": 1e3 * step,
+            "best_step_ms": 1e3 * min(times),
+            "step_time_vs_bp": statistics.median(ratios[name]),
+            "ratio_q1": q1, "ratio_q3": q3,
+            "macs_vs_bp": macs[name],
+            "peak_mem_mb": None, "state_mb": None,
+        }
+    return results

@@ -391,12 +391,3 @@ def opnet_direct(net, x, y, rule, projections):
         back(ops, dh.reshape(h.shape))
         feedback.append(db)
     return feedback
-
-
-def __getattr__(name):
-    """reference_tokens.py's names too (reference.Attention, TokenNet)."""
-    import reference_tokens
-    try:
-        return getattr(reference_tokens, name)
-    except AttributeError:
-        raise AttributeError(f"no reference.{name}") from None

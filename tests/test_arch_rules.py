@@ -249,12 +249,12 @@ def test_trackers_name_every_layer_of_a_residual_unit():
 
 def test_overlapping_max_pool_never_takes_the_reshape():
     """The XLA-friendly reshape is a max over disjoint windows only."""
-    import arch
+    from arch_tokens import Pool
     import blocks
     h = tf.constant(np.random.default_rng(0).normal(size=(2, 7, 7, 3)),
                     tf.float32)
-    for pool, size, stride in ((arch.Pool("max", 3, 2), 3, 2),
-                               (arch.Pool("max", 2, 2), 2, 2)):
+    for pool, size, stride in ((Pool("max", 3, 2), 3, 2),
+                               (Pool("max", 2, 2), 2, 2)):
         np.testing.assert_array_equal(
             blocks.apply_pool(h, pool, reshape_max=True),
             tf.nn.max_pool2d(h, size, stride, "VALID"))

@@ -223,11 +223,11 @@ def test_shallow_trains_the_output_layer_only(arch, shape):
 
 @pytest.mark.parametrize("preset,classes,count", [
     # The presets' counts as arch.py's comments give them, both on 16
-    # tokens of 64 with a flattening head (Hf: the output layer reads
-    # 1,024 features): 4 heads and MLPs of 2·64 (ViT), token MLPs of 64
-    # and channel MLPs of 128 (Mixer); six ViT blocks of 128 on 64 tokens,
-    # flattened too (8,192 features).
-    ("vit_mnist", 10, 115_018),
+    # tokens with a flattening head (Hf): 128 features, 4 heads and MLPs
+    # of 2·128 (ViT: the output layer reads 2,048 features); 64 features,
+    # token MLPs of 64 and channel MLPs of 128 (Mixer: 1,024); six ViT
+    # blocks of 128 on 64 tokens, flattened too (8,192 features).
+    ("vit_mnist", 10, 426_634),
     ("mixer_mnist", 10, 71_482),
     ("vit_cifar10", 10, 891_530),
 ])
