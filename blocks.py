@@ -75,6 +75,15 @@ def apply_pool(h, pool: Pool, reshape_max: bool = False):
     return tf.nn.max_pool2d(h, pool.size, pool.stride, "VALID")
 
 
+class LayerRecord:
+    """Each dense or conv block's (layer output, activation) of a forward
+    pass, in block order (a plain object: Keras' __call__ would copy a
+    list given as an argument)."""
+
+    def __init__(self):
+        self.pairs = []
+
+
 class _Layers:
     """Builds a block's dense/conv layers and batch norms with the
     block's settings (`--init`, feedback kernels, `--bn_*`)."""
@@ -266,9 +275,11 @@ class Block(keras.layers.Layer):
             self.norm.build(core.compute_output_shape(shape))
         self.built = True
 
-    def call(self, x, training=False, probe=None):
-        """[feedback points], the block output last; `probe` (fdfa's
-        forward-mode probe) sees each point as it is made."""
+    def call(self, x, training=False, probe=None, record=None):
+        """[feedback points], the block output last; `probe` (a
+        forward-mode probe) sees each point as it is made; `record` (a
+        LayerRecord) gets a dense or conv block's (layer output,
+        activation)."""
         if self.head_norm is not None:
             x = token_blocks.apply_head(x, self.spec.pre.kind,
                                         self.head_norm)
@@ -287,6 +298,8 @@ class Block(keras.layers.Layer):
             if self.norm is not None:
                 a = self.norm(a, training=training)
             h = self.activation(a)
+            if record is not None:
+                record.pairs.append((a, h))
         if self.spec.post is not None and not self.spec.post.head:
             h = apply_pool(h, self.spec.post, self.reshape_pool)
         return [*taps, h if probe is None else probe.perturb(h)]

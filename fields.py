@@ -31,6 +31,7 @@ class Field:
     # the data elsewhere, or with $BPFREE_DATA_DIR in place of the flag.
     location: bool = False
     default_text: str | None = None  # the default as --help says it
+    every: tuple | None = None  # what `all` names, when not every choice
 
     def parse_one(self, text: str) -> Any:
         text = text.strip()
@@ -122,7 +123,8 @@ class Field:
             if self.choices is None and self.type is not bool:
                 raise UsageError(f"--{self.name}=all: this field has no list "
                                  "of choices; give values separated by commas")
-            return (False, True) if self.type is bool else tuple(self.choices)
+            return ((False, True) if self.type is bool
+                    else tuple(self.every or self.choices))
         values = tuple(self.parse_one(t) for t in text.split(",") if t.strip())
         if not values:
             raise UsageError(f"--{self.name}: no value given")

@@ -28,14 +28,19 @@ from fields import (SEED_LIMIT, Field, arch_string, at_least_one,
 # cannot import (their registries load TensorFlow): each list is checked
 # against its registry in tests/test_hparams.py.
 ALGORITHMS = ("bp", "fa", "kp", "usf", "brsf", "frsf", "dfa", "dkp", "fdfa",
-              "drtp", "cce", "mse", "shallow")
+              "drtp", "cce", "mse", "fg_w", "fg_a", "pepita", "shallow")
+# --algorithm=all: every rule, not the last-layer-only control.
+RULES_IN_ALL = tuple(a for a in ALGORITHMS if a != "shallow")
 # Sign-concordant feedback draws its magnitudes from a uniform law
 # (layers.SIGN_BW_INITS).
 SIGN_ALGORITHMS = ("usf", "brsf", "frsf")
 SIGN_BW_INITS = ("uniform", "glorot_uniform")
-LABEL_ONLY_ALGORITHMS = ("drtp", "cce")  # no reconstruction
+LABEL_ONLY_ALGORITHMS = ("drtp", "cce", "pepita")  # no reconstruction
 # A teaching signal at each feedback point (--feedback_points applies).
-DIRECT_ALGORITHMS = ("dfa", "dkp", "fdfa", "drtp", "cce", "mse")
+DIRECT_ALGORITHMS = ("dfa", "dkp", "fdfa", "drtp", "cce", "mse", "fg_a")
+# PEPITA's update reads each layer's output and activation: dense and conv
+# blocks, nothing between them (forward_rules.Pepita).
+PEPITA_BLOCKS = ("dense", "conv")
 FEEDBACK_POINTS = ("block", "sublayer")
 DATASETS = tuple(datasets.SPECS)  # (declared there, with their shapes)
 ACTIVATIONS = ("tanh", "relu", "lrelu", "swish", "sigmoid")
@@ -101,8 +106,9 @@ FIELDS: tuple[Field, ...] = (
           "(random horizontal flip) or crop_flip (pad 4, random crop, "
           "flip), keyed by (seed, epoch, batch).", choices=AUGMENTS),
     # The network.
-    Field("algorithm", str, "dfa", "Training rule.", choices=ALGORITHMS,
-          grid=("dfa",)),
+    Field("algorithm", str, "dfa", "Training rule (all: every rule but "
+          "the control, shallow).", choices=ALGORITHMS, grid=("dfa",),
+          every=RULES_IN_ALL),
     Field("arch", str, datasets.SPECS["digits"].default_arch, "Blocks "
           "separated by -, e.g. 500-500, 32C5-P2-64C3-P2-256, "
           "15C5v:bn-40C5v:bn-P2+128:bn (N: dense, NCk[sS][v|pP]: conv, "
@@ -175,6 +181,8 @@ FIELDS: tuple[Field, ...] = (
           check=non_negative),
     Field("fb_optimizer", str, "adam", "Optimizer of learned feedback "
           "matrices (dkp, fdfa).", choices=OPTIMIZERS),
+    Field("fg_directions", int, 1, "Random directions a forward gradient "
+          "(fg_w, fg_a) averages per step.", check=positive),
     Field("fb_lr", float, 1e-4, "Learning rate of learned feedback "
           "matrices.", check=positive),
     Field("fb_weight_decay", float, 1e-6, "Weight decay of learned feedback "
@@ -300,6 +308,40 @@ def check_sublayer_points(hp) -> None:
             "--feedback_points=block)")
 
 
+def check_pepita(hp) -> None:
+    """PEPITA trains dense and conv blocks with neither batch norm nor
+    dropout (both passes must see the same network)."""
+    specs = [spec.resolved(hp["batch_norm"], hp["use_bias"], hp["dropout"])
+             for spec in arch.parse(hp["arch"])]
+    for spec in specs:
+        if spec.kind not in PEPITA_BLOCKS:
+            raise UsageError(f"--algorithm=pepita: '{spec.token}' in "
+                             f"--arch={hp['arch']} is a '{spec.kind}' "
+                             "block, not a layer and its activation "
+                             "(valid: dense and conv blocks, e.g. 1024 or "
+                             "32C5-P2-128)")
+        if spec.batch_norm or spec.layer_norm:
+            raise UsageError(f"--algorithm=pepita: '{spec.token}' has a "
+                             "norm layer, which PEPITA's update skips "
+                             "(valid: --batch_norm=false, no :bn or :ln)")
+        if spec.dropout:
+            raise UsageError("--algorithm=pepita: dropout would draw other "
+                             "masks in the modulated pass (valid: "
+                             "--dropout=0, no :dRATE)")
+
+
+def check_fg_a(hp) -> None:
+    """fg_a perturbs each example's activity alone: an estimate without
+    bias only when the examples do not interact (no batch norm)."""
+    for spec in arch.parse(hp["arch"]):
+        if spec.resolved(hp["batch_norm"], hp["use_bias"], 0.0).batch_norm:
+            raise UsageError(f"--algorithm=fg_a: '{spec.token}' has batch "
+                             "norm, which mixes the examples that fg_a "
+                             "perturbs one by one (its estimate would be "
+                             "biased; valid: --batch_norm=false, no :bn; "
+                             ":ln is per example)")
+
+
 def check(hparams: Mapping[str, Any]) -> HParams:
     """Refuses combinations of settings that cannot work together."""
     hp = HParams(hparams)
@@ -322,6 +364,10 @@ def check(hparams: Mapping[str, Any]) -> HParams:
         raise UsageError(f"--bw_init={hp.bw_init}: {hp.algorithm} draws its "
                          "feedback magnitudes from a uniform law (valid: "
                          f"--bw_init in {', '.join(SIGN_BW_INITS)})")
+    if hp.algorithm == "pepita":
+        check_pepita(hp)
+    if hp.algorithm == "fg_a":
+        check_fg_a(hp)
     if hp.objective.startswith("val_") and hp.validation_frac <= 0:
         raise UsageError(f"objective '{hp.objective}' needs validation data, "
                          "but --validation_frac=0 holds none out (valid: "

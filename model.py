@@ -15,7 +15,6 @@ dtype policy; what float32 and loss scaling do where: loss_scaling.py.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 
 import keras
@@ -31,27 +30,10 @@ import token_blocks
 from blocks import blocks_from_arch
 from layers import PACKAGE, make_linear
 from loss_scaling import injected, logits32
+from step import Step
 
 OUTPUT_FUNCTION_OF_SCALER = {"standard": "tanh", "zero_one": "sigmoid",
                              "normalize": "linear", "identity": "linear"}
-
-
-@dataclasses.dataclass
-class Step:
-    """What one training step computed."""
-
-    grads: list  # aligned with ProjectionModel.forward_variables, × S
-    feedback_grads: list  # aligned with ProjectionModel.learned_feedback
-    loss: tf.Tensor  # float32, unscaled
-    target: tf.Tensor
-    z: tf.Tensor  # the logits, float32
-    hidden: list  # in the compute dtype
-    # mixed_float16: the loss scale S that `grads` carry; else None.
-    loss_scale: tf.Tensor | None = None
-    # Direct rules: what Projection.teach gave each hidden block, δ_l and
-    # ℓ_l (float32, unscaled); the trackers read them (chained rules: []).
-    signals: list = dataclasses.field(default_factory=list)
-    local_losses: list = dataclasses.field(default_factory=list)
 
 
 def error_rate(y_true, y_pred):
@@ -66,7 +48,8 @@ class ProjectionModel(keras.Model):
                  activation="tanh", batch_norm=False, dropout=0.0,
                  bw_init="uniform", use_bias=True, scaler="zero_one", seed=0,
                  init="glorot_uniform", bn_momentum=0.9, bn_epsilon=1e-3,
-                 precision="float32", feedback_points="block", **kw):
+                 precision="float32", feedback_points="block",
+                 fg_directions=1, **kw):
         # --precision is a Keras dtype policy, given to every block and
         # layer below (not set globally: a sweep runs trials of several
         # precisions in one process).  A saved config has it twice (the
@@ -81,7 +64,8 @@ class ProjectionModel(keras.Model):
                          bw_init=bw_init, use_bias=use_bias, scaler=scaler,
                          seed=seed, init=init, bn_momentum=bn_momentum,
                          bn_epsilon=bn_epsilon, precision=precision,
-                         feedback_points=feedback_points)
+                         feedback_points=feedback_points,
+                         fg_directions=fg_directions)
         self.rule = projection.get(algorithm)
         self.classify = problem_type == "classification"
         self.output_fn = ("softmax" if self.classify
@@ -112,8 +96,10 @@ class ProjectionModel(keras.Model):
             seed=seed * 1000 + 999, init=init, dtype=policy)
         # p = h B and the local losses: float32 under every policy.  One
         # per feedback point (a block's, or its sublayers').
-        taps = sum(len(block.tap_names) for block in self.blocks)
-        self.projections = [] if not self.rule.direct else [
+        # (pepita: one, F, that modulates the input)
+        taps = (1 if self.rule.modulates_input else 0) if not \
+            self.rule.direct else sum(len(b.tap_names) for b in self.blocks)
+        self.projections = [
             self.rule(target_dim, bw_init, seed * 1000 + 500 + i,
                       self.output_fn, name=f"projection{i + 1}",
                       dtype="float32")
@@ -135,7 +121,7 @@ class ProjectionModel(keras.Model):
         if self.built:
             return
         shape = (None, *self.spec["input_shape"])
-        projections = iter(self.projections)
+        projections = iter(self.projections if self.rule.direct else [])
         for block in self.blocks:
             block.build(shape)
             for tap_shape in block.tap_shapes(shape):
@@ -143,6 +129,8 @@ class ProjectionModel(keras.Model):
                 if proj is not None:
                     proj.build(tap_shape)
             shape = block.compute_output_shape(shape)
+        if self.rule.modulates_input:
+            self.projections[0].build((None, *self.spec["input_shape"]))
         if self.head_norm is not None:
             self.head_norm.build(shape)
             shape = (shape[0], *shapes.pool_shape(
@@ -218,7 +206,8 @@ class ProjectionModel(keras.Model):
 
     # --- Forward ------------------------------------------------------------
 
-    def forward(self, x, training=False, probe=None, block_tapes=None):
+    def forward(self, x, training=False, probe=None, block_tapes=None,
+                record=None):
         """The feedback points' outputs (each block's, the block output
         last, before dropout: `hidden`) and logits z.
 
@@ -228,14 +217,16 @@ class ProjectionModel(keras.Model):
         whole pass, each such gradient would also walk back through every
         earlier block (TensorFlow's tape does not prune by source), so
         tracing the step would grow with the square of the depth (resnet56
-        under dfa: 26 s against 8 s for bp)."""
+        under dfa: 26 s against 8 s for bp).  `record` (blocks.LayerRecord)
+        receives each dense or conv block's (layer output, activation)."""
         hidden = []
         for block, dropout in zip(self.blocks, self.dropouts):
             # (a block of several feedback points is read once per point)
             with (tf.GradientTape(persistent=len(block.tap_names) > 1)
                   if block_tapes is not None
                   else contextlib.nullcontext()) as block_tape:
-                taps = block(x, training=training, probe=probe)
+                taps = block(x, training=training, probe=probe,
+                             record=record)
             if block_tapes is not None:
                 block_tapes.append(block_tape)
             hidden += taps
@@ -319,7 +310,10 @@ class ProjectionModel(keras.Model):
         they need it persistent."""
         target = self.target(y)
         scale = self.loss_scale()
-        probe = self.rule.tangent_probe(self.seed_generator)
+        if self.rule.steps_itself:  # fg_w, pepita (forward_rules.py)
+            return self.rule.own_step(self, x, target, scale)
+        probe = self.rule.tangent_probe(self.seed_generator,
+                                        self.spec["fg_directions"])
         block_tapes = [] if self.rule.direct else None
         with (probe or contextlib.nullcontext()), \
                 tf.GradientTape(persistent=self.rule.direct

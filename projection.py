@@ -30,11 +30,10 @@ nothing else in the framework knows rules by name.
 
 from __future__ import annotations
 
-import math
-
 import keras
 import tensorflow as tf
 
+from forward_mode import TangentProbe
 from layers import PACKAGE, feedback_initializer
 
 RULES: dict[str, type["Projection"]] = {}
@@ -43,7 +42,8 @@ RULES: dict[str, type["Projection"]] = {}
 def register(key: str):
     def add(cls):
         cls.key = key
-        cls.direct = not cls.chained and cls.trains_hidden
+        cls.direct = (not cls.chained and cls.trains_hidden
+                      and not cls.steps_itself)
         RULES[key] = keras.saving.register_keras_serializable(PACKAGE)(cls)
         return cls
     return add
@@ -74,6 +74,11 @@ class Projection(keras.layers.Layer):
                        usf, brsf, frsf).
       learns_feedback  B_l has an update of its own (dkp, fdfa).
       supports_reconstruction  False for rules that need labels.
+      projects         False: a direct rule without B (fg_a).
+      steps_itself     the rule computes its whole step (`own_step`:
+                       fg_w, pepita; forward_rules.py).
+      modulates_input  one projection, F (input × classes), not one per
+                       feedback point (pepita).
     """
 
     key = "base"
@@ -83,6 +88,9 @@ class Projection(keras.layers.Layer):
     kernel_feedback = None
     learns_feedback = False
     supports_reconstruction = True
+    projects = True
+    steps_itself = False
+    modulates_input = False
 
     def __init__(self, target_dim, bw_init="uniform", seed=0,
                  output_fn="softmax", **kw):
@@ -127,9 +135,15 @@ class Projection(keras.layers.Layer):
         return None
 
     @classmethod
-    def tangent_probe(cls, seed_generator):
-        """A forward-mode probe of the network (fdfa), or None."""
+    def tangent_probe(cls, seed_generator, directions=1):
+        """A forward-mode probe of the network (fdfa, fg_a), or None."""
         return None
+
+    @classmethod
+    def own_step(cls, model, x, target, scale):
+        """The step.Step of a rule that `steps_itself` (its gradients
+        aligned with `model.forward_variables`, × `scale` when given)."""
+        raise NotImplementedError
 
     @classmethod
     def warnings(cls, hparams) -> list[str]:
@@ -249,7 +263,7 @@ class ForwardDirectFeedbackAlignment(DirectFeedbackAlignment):
         return self.feedback - estimate / tf.cast(n, u.dtype)
 
     @classmethod
-    def tangent_probe(cls, seed_generator):
+    def tangent_probe(cls, seed_generator, directions=1):
         return TangentProbe(seed_generator)
 
 
@@ -298,6 +312,11 @@ class LocalSquaredError(Projection):
             self.output_fn)(p)))
 
 
+# The rules that learn from forward passes alone (fg_w, fg_a, pepita),
+# registered here so that the registry lists them before the control.
+import forward_rules  # noqa: E402,F401
+
+
 # --- No rule for the hidden blocks: the control. -----------------------------
 
 
@@ -308,79 +327,6 @@ class Shallow(Projection):
     keeps its initial weights (a random feature map)."""
 
     trains_hidden = False
-
-
-# --- Forward-mode probe (fdfa). ---------------------------------------------
-
-
-class TangentProbe:
-    """The logits' directional derivative d = Σ_k J_k u_k along random
-    directions u_l ~ N(0, I) of every hidden output at once (J_k = ∂z/∂h_k),
-    for the cost of one JVP (forward-mode in effect).
-
-    d is computed as the transpose of a vector-Jacobian product: a tape of
-    the forward pass from the h_l gives g_l(a) = J_lᵀ a for a cotangent a at
-    the logits; Σ_l <g_l(a), u_l> is linear in a, and its gradient with
-    respect to a is Σ_l J_l u_l = d.  XLA drops the values of g_l (nothing
-    reads them), leaving one matmul per layer, as forward mode would.
-    tf.autodiff.ForwardAccumulator gives the same d but gives every weight
-    a zero tangent and multiplies by it: one wasted matmul per layer that
-    XLA keeps (a quarter of a BP step on 784-1000-1000-1000-10)."""
-
-    def __init__(self, seed_generator):
-        self.seed_generator = seed_generator
-        self.directions, self.hidden = [], []
-        self._tape = tf.GradientTape(watch_accessed_variables=False)
-        self._tangents = None
-
-    def __enter__(self):
-        self._tape.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._tape.__exit__(*exc)
-
-    def perturb(self, h):
-        """Draws u_l for hidden output h_l (returned unchanged), in h_l's
-        dtype: under a mixed precision d is a product through the network
-        in 16 bits, and ĝ_l pairs it with the u_l that entered it."""
-        self._tape.watch(h)
-        self.hidden.append(h)
-        self.directions.append(tf.cast(standard_normal(
-            tf.shape(h), self.seed_generator), h.dtype))
-        return h
-
-    def tangents(self, z):
-        """[(u_l, d)] for every hidden block, d = Σ_k J_k u_k."""
-        if self._tangents is None:
-            cotangent = tf.zeros_like(z)
-            with tf.GradientTape(watch_accessed_variables=False) as outer:
-                outer.watch(cotangent)
-                transposed = self._tape.gradient(z, self.hidden,
-                                                 output_gradients=cotangent)
-            d = outer.gradient(transposed, cotangent,
-                               output_gradients=self.directions)
-            self._tangents = [(u, d) for u in self.directions]
-        return self._tangents
-
-
-def standard_normal(shape, seed_generator):
-    """N(0, 1) samples: Box-Muller on Philox uniforms, seeded by the model.
-
-    Not keras.random.normal: it asks TF for the auto-selected stateless
-    generator, which XLA on CPU runs about 25× slower than Philox (about
-    100 ms for 128×1000 samples, more than a whole training step), and
-    Philox's own normals cost 3× Box-Muller on its uniforms.  Same
-    distribution, another random stream (measured on 2 CPU cores)."""
-    seed = tf.cast(tf.math.floormod(seed_generator.next(), tf.int32.max - 1),
-                   tf.int32)
-    count = tf.reduce_prod(shape)
-    u = tf.random.stateless_uniform((2, (count + 1) // 2), seed=seed,
-                                    alg="philox")
-    radius = tf.sqrt(-2.0 * tf.math.log1p(-u[0]))  # u in [0, 1): finite
-    angle = (2.0 * math.pi) * u[1]
-    pairs = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)
-    return tf.reshape(pairs[:count], shape)
 
 
 def output_function(name: str):

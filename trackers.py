@@ -111,8 +111,8 @@ def alignment_pairs(model) -> dict:
                 for name, l in zip(names, linear)}
     if model.rule.chained:  # bp
         return {name: None for name in names}
-    if not model.rule.direct:  # shallow: no feedback at all
-        return {}
+    if not (model.rule.direct and model.rule.projects):
+        return {}  # no feedback matrix: shallow, fg_w, fg_a, pepita
     feedback = [p.feedback for p in model.projections]
     last = []  # each block's output: its last feedback point
     for block in model.blocks:
@@ -151,7 +151,7 @@ class Trackers:
         self.histograms = "histograms" in self.names
         self.histogram_freq = max(int(histogram_freq), 1)  # epochs
         layers, hidden = layer_names(model), block_names(model)
-        direct = model.rule.direct
+        direct = model.rule.direct and model.rule.projects  # (has ℓ_l(p))
         self.pairs = alignment_pairs(model)
         tags = []
         if "bp_cosine" in self.names:

@@ -40,7 +40,8 @@ def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
         use_bias=hp["use_bias"], scaler=hp["scaler"], seed=hp["seed"],
         init=hp["init"], bn_momentum=hp["bn_momentum"],
         bn_epsilon=hp["bn_epsilon"], precision=hp["precision"],
-        feedback_points=hp["feedback_points"])
+        feedback_points=hp["feedback_points"],
+        fg_directions=hp["fg_directions"])
     model.build()
     schedules = learning_rates(hp, steps_per_epoch)
     feedback_optimizer = None

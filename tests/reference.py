@@ -380,14 +380,18 @@ def opnet_chained(net, x, y, key):
     back([op for ops in net.blocks for op in ops] + [net.output], e, key)
 
 
-def opnet_direct(net, x, y, rule, projections):
-    """Direct rules: each block from its own signal δ_l, through its own
-    ops (with W: inside a block autodiff is exact); returns ∂ℓ_l/∂B_l."""
+def opnet_direct(net, x, y, rule, projections, signals=None):
+    """Direct rules: each block from its own signal δ_l (the rule's, or
+    `signals` given), through its own ops (with W: inside a block
+    autodiff is exact); returns ∂ℓ_l/∂B_l."""
     e = error(net.forward(x), y)
     net.output.backward(e)
     feedback = []
-    for ops, h, b in zip(net.blocks, net.hidden, projections):
-        dh, db = local_signal(rule, b, h, e, y)
+    for index, (ops, h) in enumerate(zip(net.blocks, net.hidden)):
+        if signals is None:
+            dh, db = local_signal(rule, projections[index], h, e, y)
+            feedback.append(db)
+        else:
+            dh = signals[index]
         back(ops, dh.reshape(h.shape))
-        feedback.append(db)
     return feedback

@@ -264,19 +264,23 @@ def chained(net, x, y, key):
         dy = block.backward(dy, key)
 
 
-def direct(net, x, y, rule, projections):
-    """Direct rules: each feedback point's signal (reference.local_signal)
-    through its block's ops (block placement) or its own segment's
-    (sublayer); returns ∂ℓ/∂B of every point, in order."""
+def direct(net, x, y, rule, projections, signals=None):
+    """Direct rules: each feedback point's signal (reference.local_signal,
+    or `signals` given) through its block's ops (block placement) or its
+    own segment's (sublayer); returns ∂ℓ/∂B of every point, in order."""
     e = error(net.forward(x), y)
     net.output_stage(e)
-    taps = iter(zip(net.hidden, projections))
+    points = iter(range(len(net.hidden)))
     feedback = []
     for block in net.blocks:
         for index, _ in enumerate(net.block_points(block)):
-            h, b = next(taps)
-            dh, db = local_signal(rule, b, h, e, y)
-            feedback.append(db)
+            point = next(points)
+            h = net.hidden[point]
+            if signals is None:
+                dh, db = local_signal(rule, projections[point], h, e, y)
+                feedback.append(db)
+            else:
+                dh = signals[point]
             dh = dh.reshape(h.shape)
             if net.sublayer and isinstance(block, TokenBlock):
                 block.segment_backward(index, dh)

@@ -10,8 +10,11 @@ import pytest
 import tensorflow as tf
 
 import reference
+import reference_forward
 from hparams import ALGORITHMS
+from loss_scaling import logits32
 from model import ProjectionModel
+from test_rules import drawn_directions
 
 CLASSES = 3
 ARCHS = {
@@ -60,6 +63,7 @@ class Mirror:
 
     def __init__(self, model):
         self.where = {}  # id(variable) → (op, gradient name)
+        self.override = {}
         blocks = [self.block(block) for block in model.blocks]
         self.net = reference.OpNet(blocks, self.linear(model.output_layer))
 
@@ -113,20 +117,69 @@ class Mirror:
         return ops
 
     def expected(self, variable):
+        if id(variable) in self.override:  # (fg_w: a scaled direction)
+            return self.override[id(variable)]
         op, name = self.where[id(variable)]
         return op.grads[name]
 
 
-@pytest.mark.parametrize("kind", ARCHS)
-@pytest.mark.parametrize("rule", ALGORITHMS)
+FORWARD_ONLY = ("fg_w", "fg_a", "pepita")
+# Refused (hparams.py, test_cli): PEPITA on a residual unit (it trains a
+# layer followed by its activation), fg_a with batch norm (which mixes the
+# examples it perturbs one by one).
+OP_CASES = [(rule, kind) for rule in ALGORITHMS for kind in ARCHS
+            if not (rule in ("pepita", "fg_a") and kind == "residual")]
+
+
+def forward_only_reference(rule, model, mirror, step, x, y, drawn, chained,
+                           direct, pepita=None):
+    """Fills the mirror with what fg_w, fg_a or pepita should have given
+    (also test_token_blocks.py's, with its own chained/direct)."""
+    x64 = x.astype(np.float64)
+    if rule == "fg_w":  # g = (∇L · v) v, ∇L by the mirror's backprop
+        chained(mirror.net, x64, y, "W")
+        along = sum(float((mirror.expected(var) * v).sum())
+                    for var, v in zip(model.forward_variables, drawn))
+        mirror.override = {id(var): along * v for var, v in
+                           zip(model.forward_variables, drawn)}
+    elif rule == "fg_a":  # δ_l = (∂L/∂h_l · u_l) u_l, then as DFA's
+        assert_activity_signals(model, step, x, y, drawn)
+        direct(mirror.net, x64, y, rule, None,
+               signals=[f64(s) for s in step.signals])
+    else:
+        pepita(mirror.net, x64, y, f64(model.projections[0].feedback))
+
+
+def assert_activity_signals(model, step, x, y, drawn):
+    """fg_a's δ at every feedback point against (g·u) u per example, g =
+    ∂L/∂h by autodiff of the same forward pass."""
+    with tf.GradientTape() as tape:
+        hidden, z = model.forward(tf.constant(x), training=True)
+        loss = model.global_loss(model.target(tf.constant(y)), logits32(z))
+    truth = tape.gradient(loss, hidden)
+    assert len(step.signals) == len(truth) == len(drawn)
+    for signal, g, u in zip(step.signals, truth, drawn):
+        along = (f64(g) * u).reshape(len(u), -1).sum(1)
+        reference.assert_close(signal, along.reshape(
+            (-1,) + (1,) * (u.ndim - 1)) * u, "fg_a signal")
+
+
+@pytest.mark.parametrize("rule,kind", OP_CASES)
 def test_one_step_through_every_op_matches_hand_computed(rule, kind):
     arch, shape = ARCHS[kind]
     model = make_model(rule, arch, shape)
     x, y = batch(shape)
     mirror = Mirror(model)  # (before the step: brsf's B is drawn in it)
+    drawn = (drawn_directions(rule, model, x, y)
+             if rule in ("fg_w", "fg_a") else None)
     step = model.compute_gradients(tf.constant(x), tf.constant(y))
     x64 = x.astype(np.float64)
-    if not model.rule.direct:  # (shallow: backprop's output gradient)
+    if rule in FORWARD_ONLY:
+        forward_only_reference(rule, model, mirror, step, x, y, drawn,
+                               chained=reference.opnet_chained,
+                               direct=reference.opnet_direct,
+                               pepita=reference_forward.opnet_pepita)
+    elif not model.rule.direct:  # (shallow: backprop's output gradient)
         reference.opnet_chained(mirror.net, x64, y,
                                 "B" if model.rule.kernel_feedback else "W")
     else:

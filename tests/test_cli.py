@@ -146,6 +146,31 @@ BAD_INPUTS = {
         ["--algorithm=brsf", "--bw_init=orthogonal"],
         "--bw_init=orthogonal: brsf draws its feedback magnitudes from a "
         "uniform law (valid: --bw_init in uniform, glorot_uniform)"),
+    "pepita on a residual unit": (
+        ["--algorithm=pepita", "--arch=16C3-R16"],
+        "--algorithm=pepita: 'R16' in --arch=16C3-R16 is a 'residual' block, "
+        "not a layer and its activation (valid: dense and conv blocks"),
+    "pepita on a transformer": (
+        ["--algorithm=pepita", "--arch=E8p7-T2-Hm"],
+        "'E8p7' in --arch=E8p7-T2-Hm is a 'embed' block, not a layer"),
+    "pepita with batch norm": (
+        ["--algorithm=pepita", "--batch_norm=true"],
+        "--algorithm=pepita: '256' has a norm layer, which PEPITA's update "
+        "skips (valid: --batch_norm=false, no :bn or :ln)"),
+    "pepita with dropout": (
+        ["--algorithm=pepita", "--arch=256:d0.1"],
+        "--algorithm=pepita: dropout would draw other masks in the "
+        "modulated pass (valid: --dropout=0, no :dRATE)"),
+    "pepita on a reconstruction": (
+        ["--algorithm=pepita", "--problem_type=reconstruction"],
+        "algorithm 'pepita' needs labels and cannot train reconstruction"),
+    "fg_a with batch norm": (
+        ["--algorithm=fg_a", "--arch=resnet20", "--dataset=cifar10"],
+        "--algorithm=fg_a: '16C3p1:bn:nobias' has batch norm, which mixes "
+        "the examples that fg_a perturbs one by one"),
+    "no forward-gradient directions": (
+        ["--algorithm=fg_w", "--fg_directions=0"],
+        "--fg_directions=0: must be positive"),
     "head without tokens": (["--arch=32C3-Hm"], "head token 'Hm' in "
                             "'32C3-Hm' must close a token block"),
     "transformer without tokens": (["--arch=T4"], "token 'T4' in 'T4' needs "

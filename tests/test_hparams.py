@@ -156,7 +156,10 @@ def test_flag_values_pin_list_or_search_all():
                  "--nobatch_norm", "--arch=16C5-P2-64"])
     given = cli.given_on_command_line(flag_values)
     assert given["lr"] == (1e-3, 1e-2)
-    assert given["algorithm"] == hparams.ALGORITHMS
+    # every rule, the control (shallow) aside: fifteen
+    assert given["algorithm"] == hparams.RULES_IN_ALL
+    assert len(given["algorithm"]) == 15
+    assert "shallow" not in given["algorithm"]
     assert given["batch_norm"] == (False,)
     values = sweep_plan.search_space(given)
     assert values["arch"] == ("16C5-P2-64",)

@@ -42,6 +42,11 @@ MIXED = ("mixed_bfloat16", "mixed_float16")
 # gradient Σ dy·x̂ (x̂ of mean 0) cancels, which magnifies that.  Measured
 # on these nets: at most 2.1e-3 dense and 1.0e-2 conv (fdfa's γ).
 FLOAT16_TOLERANCE = 2e-2
+# PEPITA's hidden updates are differences h − h' of two passes whose
+# inputs differ by e Fᵀ (F of scale 0.05), which 16 bits keep less of:
+# measured on the dense net, float16 0.036 and 0.068 relative errors,
+# bfloat16 cosines 0.979 and 0.965.
+PEPITA_FLOAT16_TOLERANCE, PEPITA_BFLOAT16_COSINE = 0.1, 0.95
 
 
 def build(rule, kind, precision, **kw):
@@ -94,8 +99,12 @@ def relative_error(actual, expected):
     return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
 
 
-@pytest.mark.parametrize("kind", ARCHS)
-@pytest.mark.parametrize("rule", ALGORITHMS)
+# fg_a and pepita refuse the conv net's batch norm (test_cli).
+CASES = [(rule, kind) for rule in ALGORITHMS for kind in ARCHS
+         if not (rule in ("fg_a", "pepita") and kind == "conv")]
+
+
+@pytest.mark.parametrize("rule,kind", CASES)
 def test_one_mixed_precision_step_agrees_with_float32(rule, kind):
     x, y = batch(kind)
     models = {p: build(rule, kind, p) for p in ("float32", *MIXED)}
@@ -110,9 +119,10 @@ def test_one_mixed_precision_step_agrees_with_float32(rule, kind):
     update, step = one_step(models["mixed_bfloat16"], x, y)
     assert {h.dtype for h in step.hidden} == {tf.bfloat16}
     assert step.loss_scale is None
+    agree = PEPITA_BFLOAT16_COSINE if rule == "pepita" else 0.99
     for name, a, b in zip(names, update, update32):
         assert np.any(b), f"{rule} {kind}: {name} does not move"
-        assert cosine(a, b) > 0.99, (rule, kind, name, cosine(a, b))
+        assert cosine(a, b) > agree, (rule, kind, name, cosine(a, b))
 
     # mixed_float16: S applied to what is differentiated, then removed.
     update, step = one_step(models["mixed_float16"], x, y)
@@ -120,15 +130,17 @@ def test_one_mixed_precision_step_agrees_with_float32(rule, kind):
     assert step.z.dtype == step.loss.dtype == tf.float32
     scale = float(step.loss_scale)
     assert scale == 2.0 ** 15  # Keras' initial scale
+    tolerance = (PEPITA_FLOAT16_TOLERANCE if rule == "pepita"
+                 else FLOAT16_TOLERANCE)
     for name, g, g32 in zip(names, step.grads, step32.grads):
         assert relative_error(np.asarray(g) / scale, g32) < (
-            FLOAT16_TOLERANCE), f"{rule} {kind}: {name}'s gradient ≠ S·g"
+            tolerance), f"{rule} {kind}: {name}'s gradient ≠ S·g"
     assert len(step.feedback_grads) == len(step32.feedback_grads)
     for g, g32 in zip(step.feedback_grads, step32.feedback_grads):
         assert relative_error(g, g32) < FLOAT16_TOLERANCE, (
             "feedback gradients: float32, unscaled")
     for name, a, b in zip(names, update, update32):
-        assert relative_error(a, b) < FLOAT16_TOLERANCE, (
+        assert relative_error(a, b) < tolerance, (
             rule, kind, name, relative_error(a, b))
 
     # S is applied and removed exactly: × 2ᵏ is exact in floating point
@@ -146,7 +158,10 @@ def test_one_mixed_precision_step_agrees_with_float32(rule, kind):
         np.testing.assert_array_equal(a, b, err_msg=f"{rule} {kind}: {name}")
 
 
-@pytest.mark.parametrize("rule", ALGORITHMS)
+# fg_w forms its gradient in float32 (a forward-mode scalar times its
+# direction: no 16-bit backward pass for S to overflow); S is applied
+# and removed exactly all the same (the test above).
+@pytest.mark.parametrize("rule", [r for r in ALGORITHMS if r != "fg_w"])
 def test_an_overflowing_float16_step_moves_nothing_and_halves_the_scale(
         rule):
     model = build(rule, "dense", "mixed_float16")

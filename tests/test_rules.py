@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import forward_mode
 import reference
+import reference_forward
 from hparams import ALGORITHMS
 from model import ProjectionModel
 import projection
@@ -72,8 +74,30 @@ def grads_by_layer(model, grads):
     return found
 
 
+def drawn_directions(rule, model, x, y):
+    """The directions fg_w or fg_a draws in its next step (the seed
+    generator's state is put back after drawing)."""
+    generator = model.seed_generator
+    state = generator.state.numpy()
+    if rule == "fg_w":
+        drawn = forward_mode.normal_like(model.forward_variables, generator)
+    else:
+        hidden, _ = model.forward(tf.constant(x))
+        drawn = [forward_mode.standard_normal(tf.shape(h), generator)
+                 for h in hidden]
+    generator.state.assign(state)
+    return [np.asarray(d, np.float64) for d in drawn]
+
+
 def expected_grads(rule, model, x, y):
     net = as_reference(model)
+    x = x.astype(np.float64)
+    if rule in ("fg_w", "fg_a"):
+        rule_grads = getattr(reference_forward, f"{rule}_grads")
+        return rule_grads(net, x, y, drawn_directions(rule, model, x, y))
+    if rule == "pepita":
+        return reference_forward.pepita_grads(
+            net, x, y, np.asarray(model.projections[0].feedback, np.float64))
     if rule == "shallow":  # the output layer's true gradient, nothing else
         grads = reference.chained_grads(net, x.astype(np.float64), y,
                                         use_backward_kernel=False)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import blocks
 import hparams
-import projection
+import forward_mode
 import shapes
 import train
 from model import ProjectionModel
@@ -49,7 +49,7 @@ def test_reshaped_max_pool_matches_keras_pool_and_its_gradient(shape, size):
 
 
 def test_standard_normal_has_unit_moments_and_follows_its_seed():
-    draw = tf.function(projection.standard_normal, jit_compile=True)
+    draw = tf.function(forward_mode.standard_normal, jit_compile=True)
     samples = draw(tf.constant([501, 401]),
                    keras.random.SeedGenerator(3)).numpy()
     assert samples.shape == (501, 401)

@@ -19,7 +19,8 @@ import train
 import tracker_plots
 import trackers
 from hparams import ALGORITHMS, TRACKERS
-from test_rules import ARCHS, as_reference, batch, make_model
+from test_rules import (ARCHS, as_reference, batch, drawn_directions,
+                        expected_grads, make_model)
 
 
 def tracked(model, every=1, names=TRACKERS):
@@ -83,6 +84,13 @@ def expected_values(rule, model, x, y):
             values[f"weight_alignment/{name}"] = (
                 1.0 if rule == "bp" else
                 cos(w, (net.layers[key] if key != "out" else net.output)["B"]))
+    elif rule in ("fg_w", "fg_a", "pepita"):  # no B: no alignment
+        rule_grads = expected_grads(rule, model, x, y)
+        signals = [np.zeros_like(s) for s in signals_bp]
+        if rule == "fg_a":  # δ_l = (∂L/∂h_l · u_l) u_l, by example
+            for i, u in enumerate(drawn_directions(rule, model, x, y)):
+                along = (signals_bp[i] * u).reshape(len(u), -1).sum(1)
+                signals[i] = along.reshape((-1,) + (1,) * (u.ndim - 1)) * u
     elif rule == "shallow":  # the output layer's gradient only
         rule_grads = {k: (np.zeros_like(true[k][0]), None) for k in keys}
         rule_grads["out"] = true["out"]
@@ -302,13 +310,14 @@ def expected_tags(rule, kind):
     train_tags |= {f"activations/{n}" for n in hidden}
     if projection.RULES[rule].chained:
         aligned = layers
-    elif rule == "shallow":  # no feedback to align
+    elif not (projection.RULES[rule].direct
+              and projection.RULES[rule].projects):  # no B to align
         aligned = []
     else:  # no B_0; a direct rule's conv block 2 has no dense counterpart
         aligned = ["block2", "output"] if kind == "dense" else ["output"]
     train_tags |= {f"weight_alignment/{n}" for n in aligned}
     val_tags = set()
-    if projection.RULES[rule].direct:
+    if projection.RULES[rule].direct and projection.RULES[rule].projects:
         local = {f"local_loss/{n}" for n in hidden}
         train_tags |= local
         val_tags |= local
