@@ -19,8 +19,11 @@ single run and tuner trial):
 4. Every rule on the token presets `vit_mnist` and `mixer_mnist` (Adam
    1e-3 annealed by a cosine to 0, batch 64, 10 epochs, no batch norm),
    at `--feedback_points=block`, and dfa at `sublayer` too (issue 21).
+5. Every rule for one epoch on the shared dense setting (part 2's) and on
+   the FDFA reference's MNIST CNN with its recipe: one table, a column
+   per rule (issue 22); a rule refused by a setting gets the refusal.
 
-Parts 1, 2 and 4 train on the whole training split (objective=loss: nothing
+Parts 1, 2, 4 and 5 train on the whole training split (objective=loss: nothing
 is held out for validation); part 3 keeps the defaults (10 % held out,
 objective val_loss).  Every run is tested on the 10,000
 test images.  Runs are
@@ -94,6 +97,9 @@ def parse_args(argv):
     parser.add_argument("--token_seeds", type=int, default=1,
                         help="seeds of every rule on vit_mnist and "
                         "mixer_mnist (0: skip it)")
+    parser.add_argument("--every_rule_seeds", type=int, default=1,
+                        help="seeds of every rule, 1 epoch, on the shared "
+                        "dense setting and fdfa_conv_mnist (0: skip it)")
     parser.add_argument("--token_archs",
                         default=",".join(references.NAKAJIMA_MNIST),
                         help="the token presets of that part")
@@ -108,7 +114,7 @@ def parse_args(argv):
     args.token_epochs = TOKEN_SETTING["epochs"]
     if args.quick:
         for part in ("seeds", "fa_seeds", "conv_seeds", "fdfa_seeds",
-                     "fdfa_conv_seeds", "token_seeds"):
+                     "fdfa_conv_seeds", "token_seeds", "every_rule_seeds"):
             setattr(args, part, min(getattr(args, part), 1))
         args.epochs, args.fa_epochs, args.examples_frac = 1, 2, 0.1
         args.token_epochs = 1
@@ -297,6 +303,33 @@ def token_rules(args, started):
     return results
 
 
+def every_rule(args, started):
+    """{setting: {rule: [metrics per seed], or the line refusing it}}:
+    every rule for one epoch on the shared dense setting and on the FDFA
+    reference's CNN with its recipe (issue 22's 15-column table)."""
+    dense = {**SHARED_SETTING, **WHOLE_TRAINING_SPLIT, "epochs": 1,
+             "dataset": "mnist"}
+    settings = {"dense": lambda rule: dict(dense, algorithm=rule),
+                "fdfa_conv_mnist": references.fdfa_conv_mnist}
+    results = {}
+    for name, setting_of in settings.items():
+        results[name] = {}
+        for rule in args.rules:
+            for seed in range(args.every_rule_seeds):
+                try:
+                    hp = hparams_lib.make(**setting_of(rule), seed=seed,
+                                          data_dir=args.data_dir,
+                                          examples_frac=args.examples_frac)
+                except hparams_lib.UsageError as refusal:
+                    results[name][rule] = str(refusal)
+                    break
+                metrics = run(hp, os.path.join(
+                    args.workdir, "every_rule", name, rule, f"seed{seed}"))
+                progress(f"{name} {rule} seed {seed}", metrics, started)
+                results[name].setdefault(rule, []).append(metrics)
+    return results
+
+
 PARTS = {  # name: (its seeds' argument, the function that runs it)
     "fdfa": ("fdfa_seeds", fdfa_reference),
     "fdfa_conv": ("fdfa_conv_seeds", fdfa_conv),
@@ -304,6 +337,7 @@ PARTS = {  # name: (its seeds' argument, the function that runs it)
     "rules": ("seeds", nine_rules),
     "conv": ("conv_seeds", conv_rules),
     "tokens": ("token_seeds", token_rules),
+    "every_rule": ("every_rule_seeds", every_rule),
 }
 
 

@@ -58,6 +58,8 @@ FDFA_MNIST_TOLERANCE = 0.25  # points below the reference mean
 FDFA_CONV_MNIST = {**FDFA_MNIST, "arch": "fdfa_conv_mnist", "epochs": 1}
 del FDFA_CONV_MNIST["batch_norm"]  # pinned by the preset
 FIXED_FROM_HE_UNIFORM = dict(bw_init="he_uniform")
+# Sign-concordant magnitudes come from a uniform law: biotorch's xavier.
+SIGN_FROM_GLOROT = dict(bw_init="glorot_uniform")
 
 
 # Every rule on a three-block ViT and MLP-Mixer (issue 21).  Nakajima et al.
@@ -83,8 +85,9 @@ def fdfa_mnist(rule: str) -> dict:
 def fdfa_conv_mnist(rule: str) -> dict:
     """The FDFA recipe on its MNIST CNN for one rule."""
     learned = rule in ("dkp", "fdfa")
-    return {**FDFA_CONV_MNIST,
-            **(LEARNED_FROM_ZEROS if learned else FIXED_FROM_HE_UNIFORM),
+    fixed = (SIGN_FROM_GLOROT if rule in ("usf", "brsf", "frsf")
+             else FIXED_FROM_HE_UNIFORM)
+    return {**FDFA_CONV_MNIST, **(LEARNED_FROM_ZEROS if learned else fixed),
             "algorithm": rule}
 
 

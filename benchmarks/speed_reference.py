@@ -219,17 +219,25 @@ def theoretical_macs(rule, arch, classes=CLASSES, feedback_points="block",
                 h itself: no head, no dropout between).
     fdfa        also a tangent pass from block 2 on (the input carries
                 no tangent): each op once, attention twice (both of its
-                operands carry one)."""
+                operands carry one).
+    fg_w, fg_a, pepita: `forward_only_macs`."""
     import projection
     rule_cls = projection.get(rule)
     ops = arch_ops(arch, classes, input_shape)
     forward = sum(op.macs for op in ops)
+    if rule in ("fg_w", "pepita"):
+        return forward_only_macs(rule, ops, input_shape or input_shape_of(
+            arch), classes)
     if rule_cls.chained:
         return 3 * forward - sum(op.macs for op in ops
                                  if op.block == 1 and not op.inner)
     if not rule_cls.trains_hidden:
         return forward + ops[-1].macs
     points, through = direct_rule_plan(arch, ops, feedback_points)
+    if rule == "fg_a":  # J_l u_l: a tangent pass from each point on
+        return 2 * forward + through + sum(
+            tangent_macs(ops, after=block)
+            for block, _ in _point_blocks(arch, feedback_points))
     probes = (rule_cls.tangent_probe.__func__
               is not projection.Projection.tangent_probe.__func__)
     updates = sum(points) if rule_cls.learns_feedback else 0
@@ -240,9 +248,39 @@ def theoretical_macs(rule, arch, classes=CLASSES, feedback_points="block",
     macs = (2 * forward + through + (1 + reads_projection(rule))
             * sum(points) * classes + updates * classes)
     if probes:
-        macs += sum(op.macs * (2 if bilinear(op) else 1)
-                    for op in ops if op.block != 1)
+        macs += tangent_macs(ops, after=1)
     return macs
+
+
+def tangent_macs(ops, after):
+    """A forward-mode pass from the output of block `after` to the logits:
+    each op once (its input carries the tangent), attention twice."""
+    return sum(op.macs * (2 if bilinear(op) else 1) for op in ops
+               if op.block > after or op.block == 0)
+
+
+def _point_blocks(arch, feedback_points):
+    """(block index, point) of every feedback point (a sublayer point is
+    counted from its block's output: the rest of its block is left out)."""
+    return [(index, point) for index, spec in enumerate(
+        arch_lib.parse(arch), start=1)
+        for point in range(3 if feedback_points == "sublayer"
+                           and spec.kind in ("transformer", "mixer") else 1)]
+
+
+def forward_only_macs(rule, ops, input_shape, classes):
+    """fg_w: the forward pass and one tangent pass in which every weight
+    carries a tangent (x v_W + t_x W: twice an op's multiply-adds, once
+    for ops reading the input); no weight gradient (g = s v).  pepita:
+    two forward passes, each weight map's gradient once (no input
+    gradients), and e Fᵀ (D·C)."""
+    forward = sum(op.macs for op in ops)
+    if rule == "fg_w":
+        return forward + sum(
+            op.macs * (1 if op.block == 1 and not op.inner else 2)
+            for op in ops)
+    weighted = sum(op.macs for op in ops if op.params)
+    return 2 * forward + weighted + math.prod(input_shape) * classes
 
 
 def bilinear(op) -> bool:

@@ -69,12 +69,13 @@ def is_token_arch(arch) -> bool:
 # networks (issue 21) every direct rule but FDFA 1.1 with its signals at
 # the blocks' outputs (a block's backward is BP's, less the first map's
 # input gradient, plus e Bᵀ).
-# Sign-concordant feedback 1.2 (issue 22): FA's step plus sign(W) ∘ M.
-LIMITS = {"fdfa": 2.5, "shallow": 1.0, "other": 1.5, "baseline": 1.1,
-          **{rule: 1.2 for rule in SIGN_ALGORITHMS}}
+# Sign-concordant feedback 1.2 (issue 22): FA's step plus sign(W) ∘ M;
+# fg_a 2.5 (a tangent pass from every feedback point on).
+LIMITS = {"fdfa": 2.5, "fg_a": 2.5, "shallow": 1.0, "other": 1.5,
+          "baseline": 1.1, **{rule: 1.2 for rule in SIGN_ALGORITHMS}}
 WIDE_MLP_LIMITS = {"dfa": 0.8}
 TOKEN_BLOCK_LIMITS = {rule: 1.1 for rule in DIRECT_ALGORITHMS
-                      if rule != "fdfa"}
+                      if rule not in ("fdfa", "fg_a")}
 
 
 def limit_of(rule, arch, feedback_points="block"):

@@ -1,4 +1,4 @@
-"""benchmarks/accuracy.py's token section: issue 21's bars are read off
+"""benchmarks/accuracy.py's token section and every-rule table: the bars
 the runs' numbers, and a bar that fails says so."""
 
 from __future__ import annotations
@@ -49,3 +49,22 @@ def test_token_section_has_every_rule_and_the_sublayer_row():
     assert "| dfa, sublayer | 96.00 (5.0 min) | 96.00 (5.0 min) |" in text
     assert "--feedback_points" in text and "--arch=ARCH" in text
     assert "`mixer_mnist`: bp 98.00 ≥ 97: met" in text
+
+
+def test_every_rule_table_has_a_column_per_rule_and_says_what_was_refused():
+    """Issue 22's table: a row per setting, a column per rule; a refused
+    combination is a dash with its line; the bars follow the numbers."""
+    args = argparse.Namespace(rules=["bp", "usf", "fg_a", "pepita"])
+    refusal = "--algorithm=pepita: '15C5v:bn' has a norm layer"
+    results = {"dense": {"bp": runs(0.97), "usf": runs(0.95),
+                         "fg_a": runs(0.79), "pepita": runs(0.85)},
+               "fdfa_conv_mnist": {"bp": runs(0.98), "usf": runs(0.96),
+                                   "fg_a": runs(0.9), "pepita": refusal}}
+    text = "\n".join(accuracy_report.every_rule_section(args, results))
+    assert "| setting | bp | usf | fg_a | pepita |" in text
+    assert "| `dense` | 97.00 | 95.00 | 79.00 | 85.00 |" in text
+    assert "| `fdfa_conv_mnist` | 98.00 | 96.00 | 90.00 | — |" in text
+    assert f"- fdfa_conv_mnist, pepita: {refusal}" in text
+    assert "- usf on `dense`: 95.00 ≥ 90: met" in text
+    assert "- fg_a on `dense`: 79.00 ≥ 80: **not met**" in text
+    assert "- pepita on `dense`: 85.00 ≥ 80: met" in text

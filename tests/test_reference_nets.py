@@ -46,7 +46,10 @@ def cifar10(tmp_path_factory):
 XLA_RULES = ALGORITHMS
 
 
-@pytest.mark.parametrize("rule", ALGORITHMS)
+# (fg_a and pepita refuse resnet20's batch norm and residual units:
+# test_cli)
+@pytest.mark.parametrize("rule", [r for r in ALGORITHMS
+                                  if r not in ("fg_a", "pepita")])
 def test_every_rule_trains_resnet20_and_reloads_it(rule, cifar10, tmp_path):
     """One epoch through the trainer's own pipeline and build (what
     train_and_evaluate runs, less its evaluation), saved as it saves."""
