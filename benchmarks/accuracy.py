@@ -67,6 +67,18 @@ CONV_SETTING = dict(dataset="mnist", arch="16C5-P2-64", activation="tanh",
 WHOLE_TRAINING_SPLIT = dict(objective="loss", validation_frac=0.0)
 
 
+# The seeds argument of each part but the first two: (default, what).
+PART_SEEDS = {
+    "conv_seeds": (3, "the conv comparison"),
+    "fdfa_seeds": (3, "the FDFA reference's MNIST setting"),
+    "fdfa_conv_seeds": (1, "every rule on the FDFA reference's MNIST CNN "
+                        "with its recipe"),
+    "token_seeds": (1, "every rule on vit_mnist and mixer_mnist"),
+    "every_rule_seeds": (1, "every rule, 1 epoch, on the shared dense "
+                         "setting and fdfa_conv_mnist"),
+}
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -86,20 +98,9 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int,
                         default=SHARED_SETTING["epochs"],
                         help="epochs of the nine-rule comparison")
-    parser.add_argument("--conv_seeds", type=int, default=3,
-                        help="seeds of the conv comparison (0: skip it)")
-    parser.add_argument("--fdfa_seeds", type=int, default=3,
-                        help="seeds of the FDFA reference's MNIST setting "
-                        "(0: skip it)")
-    parser.add_argument("--fdfa_conv_seeds", type=int, default=1,
-                        help="seeds of every rule on the FDFA reference's "
-                        "MNIST CNN with its recipe (0: skip it)")
-    parser.add_argument("--token_seeds", type=int, default=1,
-                        help="seeds of every rule on vit_mnist and "
-                        "mixer_mnist (0: skip it)")
-    parser.add_argument("--every_rule_seeds", type=int, default=1,
-                        help="seeds of every rule, 1 epoch, on the shared "
-                        "dense setting and fdfa_conv_mnist (0: skip it)")
+    for name, (default, what) in PART_SEEDS.items():
+        parser.add_argument(f"--{name}", type=int, default=default,
+                            help=f"seeds of {what} (0: skip it)")
     parser.add_argument("--token_archs",
                         default=",".join(references.NAKAJIMA_MNIST),
                         help="the token presets of that part")
@@ -113,8 +114,7 @@ def parse_args(argv):
     args.fa_epochs = FA_SETTING["epochs"]
     args.token_epochs = TOKEN_SETTING["epochs"]
     if args.quick:
-        for part in ("seeds", "fa_seeds", "conv_seeds", "fdfa_seeds",
-                     "fdfa_conv_seeds", "token_seeds", "every_rule_seeds"):
+        for part in ("seeds", "fa_seeds", *PART_SEEDS):
             setattr(args, part, min(getattr(args, part), 1))
         args.epochs, args.fa_epochs, args.examples_frac = 1, 2, 0.1
         args.token_epochs = 1

@@ -202,6 +202,16 @@ def fdfa_conv_section(args, results):
     return lines
 
 
+def preset_text(name):
+    """'`name` (`its arch`, N parameters)', read off arch.py's preset."""
+    import arch
+    import shapes
+    preset = arch.PRESETS[name]
+    count = shapes.parameter_count(shapes.network_ops(
+        preset.arch, preset.input_shape, 10))
+    return f"`{name}` (`{preset.arch}`, {count:,} parameters)"
+
+
 def tokens_section(args, results):
     """Every rule on vit_mnist and mixer_mnist, with issue 21's gaps."""
     archs = list(results)
@@ -213,9 +223,9 @@ def tokens_section(args, results):
         "--algorithm=RULE", "--seed=0", "--workdir=runs/ARCH_RULE"])
     lines = [
         TOKENS_TITLE, "",
-        "MNIST; `vit_mnist` (`E64p7-T4r2-T4r2-T4r2-Hf`, 115,018 parameters) "
-        "and `mixer_mnist` (`E64p7-M64c128-M64c128-M64c128-Hf`, 71,482); "
-        "Adam lr 1e-3 annealed to 0 by a cosine over "
+        f"MNIST; {preset_text('vit_mnist')} and "
+        f"{preset_text('mixer_mnist')}; Adam lr 1e-3 annealed to 0 by a "
+        "cosine over "
         f"{args.token_epochs} epoch{'s' if args.token_epochs > 1 else ''}, "
         "batch 64, inputs in [0, 1], no batch norm, every other setting at "
         "its default (glorot_uniform weights, bw_init uniform, fb_lr 1e-4 "

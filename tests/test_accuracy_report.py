@@ -1,5 +1,5 @@
 """benchmarks/accuracy.py's token section and every-rule table: the bars
-the runs' numbers, and a bar that fails says so."""
+are read off the runs' numbers, and a bar that fails says so."""
 
 from __future__ import annotations
 
