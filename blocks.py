@@ -76,12 +76,13 @@ def apply_pool(h, pool: Pool, reshape_max: bool = False):
 
 
 class LayerRecord:
-    """Each dense or conv block's (layer output, activation) of a forward
-    pass, in block order (a plain object: Keras' __call__ would copy a
-    list given as an argument)."""
+    """Of a forward pass, in block order: each dense or conv block's
+    (layer output, activation) and each block's output as the next block
+    reads it (after dropout).  A plain object: Keras' __call__ would copy
+    a list given as an argument."""
 
     def __init__(self):
-        self.pairs = []
+        self.pairs, self.outputs = [], []
 
 
 class _Layers:

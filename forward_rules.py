@@ -96,8 +96,9 @@ class Pepita(Projection):
     x' = x + e Fᵀ, e = softmax(z) − y and F fixed random (D × C, He-uniform
     × 0.05); hidden layer l: ΔW_l = −η (h_l − h'_l)ᵀ h'_{l−1} / N (h'_0 =
     x'), no activation derivative; the output layer: −η e'ᵀ h'_{L−1} / N
-    with the modulated pass's error.  Dense and conv blocks without batch
-    norm or dropout."""
+    with the modulated pass's error.  Dropout draws one mask for both
+    passes, and h_l − h'_l is taken after it (the reference's masked
+    activations).  Dense and conv blocks without norms."""
 
     steps_itself = True
     supports_reconstruction = False
@@ -112,10 +113,14 @@ class Pepita(Projection):
     @classmethod
     def own_step(cls, model, x, target, scale):
         first, second = LayerRecord(), LayerRecord()
+        masks = [d.seed_generator.state for d in model.dropouts if d]
+        drawn_from = [tf.identity(state) for state in masks]
         with tf.GradientTape(persistent=model.diagnostics is not None) as tape:
             hidden, z = model.forward(x, training=True, record=first)
             z = logits32(z)
             loss = model.global_loss(target, z)
+        for state, start in zip(masks, drawn_from):  # the same masks again
+            state.assign(start)
         error = model.output_function(z) - target  # PEPITA's e: not / N
         (modulator,) = model.projections
         x2 = x + tf.cast(tf.reshape(tf.matmul(
@@ -128,9 +133,11 @@ class Pepita(Projection):
             loss2 = model.global_loss(target, logits32(z2))
         n = tf.cast(tf.shape(z)[0], tf.float32)
         grads = []
-        for block, block_tape, (_, h), (a2, h2) in zip(
-                model.blocks, block_tapes, first.pairs, second.pairs,
-                strict=True):
+        for block, dropout, block_tape, (_, h), (a2, h2), out, out2 in zip(
+                model.blocks, model.dropouts, block_tapes, first.pairs,
+                second.pairs, first.outputs, second.outputs, strict=True):
+            if dropout is not None:  # (h − h')·m/keep: no pool after h
+                h, h2 = out, out2
             difference = (tf.cast(h, tf.float32) - tf.cast(h2, tf.float32))
             grads += block_tape.gradient(
                 a2, block.trainable_variables,

@@ -309,8 +309,8 @@ def check_sublayer_points(hp) -> None:
 
 
 def check_pepita(hp) -> None:
-    """PEPITA trains dense and conv blocks with neither batch norm nor
-    dropout (both passes must see the same network)."""
+    """PEPITA trains dense and conv blocks without norms; dropout only
+    where it drops the activations themselves (no pool between)."""
     specs = [spec.resolved(hp["batch_norm"], hp["use_bias"], hp["dropout"])
              for spec in arch.parse(hp["arch"])]
     for spec in specs:
@@ -324,10 +324,11 @@ def check_pepita(hp) -> None:
             raise UsageError(f"--algorithm=pepita: '{spec.token}' has a "
                              "norm layer, which PEPITA's update skips "
                              "(valid: --batch_norm=false, no :bn or :ln)")
-        if spec.dropout:
-            raise UsageError("--algorithm=pepita: dropout would draw other "
-                             "masks in the modulated pass (valid: "
-                             "--dropout=0, no :dRATE)")
+        if spec.dropout and spec.post is not None and not spec.post.head:
+            raise UsageError(f"--algorithm=pepita: '{spec.token}' drops "
+                             "units of its pooled output, not of the "
+                             "activations PEPITA compares (valid: dropout "
+                             "on blocks without a pool after them)")
 
 
 def check_fg_a(hp) -> None:

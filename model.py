@@ -218,7 +218,8 @@ class ProjectionModel(keras.Model):
         earlier block (TensorFlow's tape does not prune by source), so
         tracing the step would grow with the square of the depth (resnet56
         under dfa: 26 s against 8 s for bp).  `record` (blocks.LayerRecord)
-        receives each dense or conv block's (layer output, activation)."""
+        receives each dense or conv block's (layer output, activation) and
+        each block's output after dropout."""
         hidden = []
         for block, dropout in zip(self.blocks, self.dropouts):
             # (a block of several feedback points is read once per point)
@@ -232,6 +233,8 @@ class ProjectionModel(keras.Model):
             hidden += taps
             h = taps[-1]
             x = dropout(h, training=training) if dropout is not None else h
+            if record is not None:
+                record.outputs.append(x)
         if self.head_norm is not None:
             x = token_blocks.apply_head(x, self.head_kind, self.head_norm)
         if len(x.shape) > 2:

@@ -55,10 +55,9 @@ import datasets  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
 import references  # noqa: E402  (benchmarks/references.py)
 from accuracy_report import CONV_SCALERS, DATASETS, report  # noqa: E402
-from references import FA_SETTING, PUBLISHED_FA, TOKEN_SETTING  # noqa: E402
+from references import (  # noqa: E402
+    FA_SETTING, PUBLISHED_FA, SHARED_SETTING, TOKEN_SETTING)
 
-SHARED_SETTING = dict(arch="256-256", activation="tanh", optimizer="adam",
-                      lr=1e-3, batch_size=64, epochs=3, scaler="zero_one")
 # Every other field at its default: the run `train.py` makes from these
 # flags alone, with each of the two input scalings.
 CONV_SETTING = dict(dataset="mnist", arch="16C5-P2-64", activation="tanh",

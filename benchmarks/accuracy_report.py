@@ -261,8 +261,11 @@ def every_rule_section(args, results):
     a refused combination, with its line below)."""
     rules = list(args.rules)
     command = shlex.join([
-        ".venv/bin/python", "benchmarks/accuracy.py",
-        "--data_dir=../shared/data", "--every_rule_seeds=1"])
+        ".venv/bin/python", "train.py", "--data_dir=../shared/data",
+        "--dataset=mnist",
+        *references.flags({**references.SHARED_SETTING, "epochs": 1}),
+        "--objective=loss", "--validation_frac=0.0", "--algorithm=RULE",
+        "--seed=0", "--workdir=runs/dense_RULE"])
     lines = [
         EVERY_RULE_TITLE, "",
         "One epoch, seed 0, on all 60,000 training images (objective "
@@ -272,7 +275,8 @@ def every_rule_section(args, results):
         "epoch.  `fdfa_conv_mnist`: the FDFA reference's CNN and recipe "
         "(its own section above; the sign-concordant rules draw their "
         "magnitudes from glorot_uniform, biotorch's xavier).  fg_w and "
-        "fg_a average --fg_directions=1 direction per step.  From:", "",
+        "fg_a average --fg_directions=1 direction per step.  A `dense` "
+        "run is:", "",
         "```bash", command, "```", "",
         "| setting | " + " | ".join(rules) + " |",
         "| --- |" + " --- |" * len(rules)]

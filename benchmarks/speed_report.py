@@ -70,15 +70,20 @@ def is_token_arch(arch) -> bool:
 # the blocks' outputs (a block's backward is BP's, less the first map's
 # input gradient, plus e Bᵀ).
 # Sign-concordant feedback 1.2 (issue 22): FA's step plus sign(W) ∘ M;
-# fg_a 2.5 (a tangent pass from every feedback point on).
+# fg_a 2.5 (a tangent pass from every feedback point on).  fg_w and
+# pepita have no target, only their ratio: fg_w draws a normal per weight
+# every step (2.8M on the wide MLP: 60 ms, six BP steps), pepita runs a
+# second forward pass.
 LIMITS = {"fdfa": 2.5, "fg_a": 2.5, "shallow": 1.0, "other": 1.5,
-          "baseline": 1.1, **{rule: 1.2 for rule in SIGN_ALGORITHMS}}
+          "baseline": 1.1, "fg_w": None, "pepita": None,
+          **{rule: 1.2 for rule in SIGN_ALGORITHMS}}
 WIDE_MLP_LIMITS = {"dfa": 0.8}
 TOKEN_BLOCK_LIMITS = {rule: 1.1 for rule in DIRECT_ALGORITHMS
                       if rule not in ("fdfa", "fg_a")}
 
 
 def limit_of(rule, arch, feedback_points="block"):
+    """The step-time limit against BP's, or None: no target."""
     limit = LIMITS.get(rule, LIMITS["other"])
     if arch == WIDE_MLP:
         limit = WIDE_MLP_LIMITS.get(rule, limit)
@@ -99,7 +104,9 @@ def check_lines(arch, results, feedback_points="block"):
             continue
         checks.append((f"{rule} / bp", r["step_time_vs_bp"],
                        limit_of(rule, arch, feedback_points)))
-    return [f"check {name}: {ratio:.2f} (limit {limit}) "
+    return [f"check {name}: {ratio:.2f} (no target: reported)"
+            if limit is None else
+            f"check {name}: {ratio:.2f} (limit {limit}) "
             f"{'ok' if ratio <= limit else 'OVER'}"
             for name, ratio, limit in checks]
 

@@ -87,3 +87,25 @@ def opnet_pepita(net, x, y, modulator):
         linear = next(o for o in ops if isinstance(
             o, (reference.Dense, reference.Conv)))
         linear.backward((h - op.h) / len(x))
+
+
+def pepita_dropout_grads(net, x, y, modulator, masks):
+    """PEPITA on a dense net with dropout: each hidden activation times its
+    mask (0 or 1/keep, one mask for both passes), compared after it."""
+    def forward(inputs):
+        seen, outs = [], []
+        for layer, mask in zip(net.layers, masks):
+            seen.append(inputs)
+            inputs = np.tanh(inputs @ layer["W"] + layer["b"]) * mask
+            outs.append(inputs)
+        return inputs @ net.output["W"] + net.output["b"], seen, outs
+    x = x.reshape(len(x), -1)
+    z, _, clean = forward(x)
+    e = reference.softmax(z) - y
+    z2, seen, modulated = forward(x + e @ modulator.T)
+    e2 = reference.error(z2, y)
+    grads = {"out": (modulated[-1].T @ e2, e2.sum(0))}
+    for index, (inputs, h, h2) in enumerate(zip(seen, clean, modulated)):
+        d = (h - h2) / len(x)
+        grads[index] = (inputs.T @ d, d.sum(0))
+    return grads

@@ -157,10 +157,11 @@ BAD_INPUTS = {
         ["--algorithm=pepita", "--batch_norm=true"],
         "--algorithm=pepita: '256' has a norm layer, which PEPITA's update "
         "skips (valid: --batch_norm=false, no :bn or :ln)"),
-    "pepita with dropout": (
-        ["--algorithm=pepita", "--arch=256:d0.1"],
-        "--algorithm=pepita: dropout would draw other masks in the "
-        "modulated pass (valid: --dropout=0, no :dRATE)"),
+    "pepita with dropout after a pool": (
+        ["--algorithm=pepita", "--arch=8C3:d0.1-P2-16"],
+        "--algorithm=pepita: '8C3:d0.1' drops units of its pooled output, "
+        "not of the activations PEPITA compares (valid: dropout on blocks "
+        "without a pool after them)"),
     "pepita on a reconstruction": (
         ["--algorithm=pepita", "--problem_type=reconstruction"],
         "algorithm 'pepita' needs labels and cannot train reconstruction"),

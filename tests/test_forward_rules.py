@@ -4,11 +4,15 @@ from a wrong one; PEPITA changes nothing in the network's forward pass.
 (Each rule's one-step update against numpy is test_rules.py's, with the
 directions the step drew.)"""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from test_rules import ARCHS, batch, make_model
+import reference
+import reference_forward
+from model import ProjectionModel
+from test_rules import ARCHS, as_reference, batch, grads_by_layer, make_model
 
 DIRECTIONS = 16_000  # per estimate: 800 steps of --fg_directions=20
 
@@ -105,3 +109,32 @@ def test_pepita_modulator_has_the_papers_scale():
     limit = 0.05 * np.sqrt(6 / d)
     assert np.abs(f).max() <= limit
     assert np.abs(f).max() > 0.8 * limit
+
+
+def test_pepita_with_dropout_draws_one_mask_for_both_passes():
+    """The reference's dropout: one mask per step, the same in the clean and
+    the modulated pass, the activations compared after it."""
+    keras.utils.set_random_seed(0)
+    model = ProjectionModel("5-4", "pepita", 3, "classification", (2, 3, 1),
+                            dropout=0.5, seed=0)
+    model.build()
+    x, y = batch((2, 3, 1))
+    dropouts = [d for d in model.dropouts if d is not None]
+    start = [d.seed_generator.state.numpy() for d in dropouts]
+    masks = [np.asarray(d(tf.ones((len(x), block.spec.units)),
+                          training=True), np.float64)
+             for d, block in zip(dropouts, model.blocks)]
+    for d, state in zip(dropouts, start):
+        d.seed_generator.state.assign(state)
+    assert all(0 < (m == 0).mean() < 1 for m in masks)  # (drops some)
+    step = model.compute_gradients(tf.constant(x), tf.constant(y))
+    expected = reference_forward.pepita_dropout_grads(
+        as_reference(model), x.astype(np.float64), y,
+        np.asarray(model.projections[0].feedback, np.float64), masks)
+    actual = grads_by_layer(model, step.grads)
+    for key, (dw, db) in expected.items():
+        reference.assert_close(actual[key]["W"], dw, f"pepita {key} W")
+        reference.assert_close(actual[key]["b"], db, f"pepita {key} b")
+    # one draw per step, as any rule's dropout: the generator moved once
+    for d, state in zip(dropouts, start):
+        assert not np.array_equal(d.seed_generator.state.numpy(), state)

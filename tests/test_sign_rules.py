@@ -69,6 +69,26 @@ def test_usf_with_w_of_one_magnitude_is_backprop(kind):
 
 
 @pytest.mark.parametrize("kind", ARCHS)
+def test_usf_with_w_of_unit_magnitude_is_fa_with_b_the_sign_of_w(kind):
+    """Every |W| = 1: usf's step is FA's with B = sign(W), scaled by usf's
+    s (the standard deviation of the draws; B = s·sign(W) by definition)."""
+    arch, shape = ARCHS[kind]
+    fa, usf = make_model("fa", arch, shape), make_model("usf", arch, shape)
+    for f_layer, u_layer in zip(linear_layers(fa), linear_layers(usf)):
+        signs = np.where(np.random.default_rng(5).random(
+            u_layer.kernel.shape) < 0.5, -1.0, 1.0)
+        s = bound(u_layer.kernel.numpy(), "glorot_uniform") / math.sqrt(3)
+        for layer in (f_layer, u_layer):
+            layer.kernel.assign(signs)  # |W| = 1
+        f_layer.bias.assign(u_layer.bias)
+        f_layer.backward_kernel.assign(s * np.sign(signs))
+    x, y = map(tf.constant, batch(shape))
+    for g_fa, g_usf in zip(fa.compute_gradients(x, y).grads,
+                           usf.compute_gradients(x, y).grads, strict=True):
+        np.testing.assert_allclose(g_usf, g_fa, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ARCHS)
 def test_frsf_keeps_its_magnitudes_and_follows_the_signs_of_w(kind):
     arch, shape = ARCHS[kind]
     model = make_model("frsf", arch, shape, bw_init="glorot_uniform")

@@ -198,3 +198,11 @@ def test_speed_limits_of_token_networks():
     assert limit("dkp", "resnet20") == limit("fa", "vit_mnist") == 1.5
     for rule in ("usf", "brsf", "frsf"):
         assert limit(rule, "resnet20") == limit(rule, "vit_mnist") == 1.2
+    # issue 22: fg_a 2.5 everywhere (not a direct rule's 1.1 on a ViT);
+    # fg_w and pepita reported without a target
+    assert limit("fg_a", "vit_mnist") == limit("fg_a", "resnet20") == 2.5
+    for rule in ("fg_w", "pepita"):
+        assert limit(rule, "vit_mnist") is limit(rule, "resnet20") is None
+    [line] = speed_report.check_lines("256", {"bp": {}, "fg_w": {
+        "step_time_vs_bp": 7.4}})
+    assert line == "check fg_w / bp: 7.40 (no target: reported)"

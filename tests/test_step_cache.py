@@ -81,9 +81,8 @@ BASE = dict(dataset="digits", arch="12-10", epochs=1, batch_size=50,
             dropout=0.1, batch_norm=True, objective="loss", use_xla=False)
 
 
-# (fg_a and pepita refuse batch norm, pepita dropout: without them)
-PLAIN = {"fg_a": dict(batch_norm=False),
-         "pepita": dict(batch_norm=False, dropout=0.0)}
+# (fg_a and pepita refuse batch norm: without it)
+PLAIN = {"fg_a": dict(batch_norm=False), "pepita": dict(batch_norm=False)}
 
 
 @pytest.mark.parametrize("algorithm", hparams.ALGORITHMS)
