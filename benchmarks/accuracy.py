@@ -54,9 +54,10 @@ quiet.install()  # TensorFlow's start-up lines hidden, as in train.py
 import datasets  # noqa: E402
 import hparams as hparams_lib  # noqa: E402
 import references  # noqa: E402  (benchmarks/references.py)
-from accuracy_report import CONV_SCALERS, DATASETS, report  # noqa: E402
+from accuracy_report import CONV_SCALERS, DATASETS  # noqa: E402
 from references import (  # noqa: E402
     FA_SETTING, PUBLISHED_FA, SHARED_SETTING, TOKEN_SETTING)
+from results_document import report  # noqa: E402
 
 # Every other field at its default: the run `train.py` makes from these
 # flags alone, with each of the two input scalings.
