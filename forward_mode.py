@@ -16,16 +16,28 @@ import math
 import tensorflow as tf
 
 
+def transposed(tape, z, sources, persistent=False):
+    """The forward-mode products of the logits z along directions of
+    `sources` (recorded on `tape`): ([J_sᵀ a] for a cotangent a at z, and
+    `along(those, directions)` → Σ J_s v_s, the gradient with respect to a
+    of Σ <J_sᵀ a, v_s>).  `persistent`: `along` may be called again."""
+    cotangent = tf.zeros_like(z)
+    with tf.GradientTape(persistent=persistent,
+                         watch_accessed_variables=False) as outer:
+        outer.watch(cotangent)
+        vjps = tape.gradient(
+            z, sources, output_gradients=cotangent,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    def along(some, directions):
+        return outer.gradient(some, cotangent, output_gradients=directions)
+    return vjps, along
+
+
 class TangentProbe:
     """The logits' directional derivative d = Σ_k J_k u_k along random
     directions u_l ~ N(0, I) of every hidden output at once (J_k = ∂z/∂h_k),
-    for the cost of one JVP (forward-mode in effect).
-
-    d is computed as the transpose of a vector-Jacobian product: a tape of
-    the forward pass from the h_l gives g_l(a) = J_lᵀ a for a cotangent a at
-    the logits; Σ_l <g_l(a), u_l> is linear in a, and its gradient with
-    respect to a is Σ_l J_l u_l = d.  XLA drops the values of g_l (nothing
-    reads them), leaving one matmul per layer, as forward mode would.
+    for the cost of one JVP (forward-mode in effect, `transposed`).
     tf.autodiff.ForwardAccumulator gives the same d but gives every weight
     a zero tangent and multiplies by it: one wasted matmul per layer that
     XLA keeps (a quarter of a BP step on 784-1000-1000-1000-10)."""
@@ -44,25 +56,24 @@ class TangentProbe:
         return self._tape.__exit__(*exc)
 
     def perturb(self, h):
-        """Draws u_l for hidden output h_l (returned unchanged), in h_l's
-        dtype: under a mixed precision d is a product through the network
-        in 16 bits, and ĝ_l pairs it with the u_l that entered it."""
+        """Draws h_l's direction(s) (h_l is returned unchanged)."""
         self._tape.watch(h)
         self.hidden.append(h)
-        self.directions.append(tf.cast(standard_normal(
-            tf.shape(h), self.seed_generator), h.dtype))
+        self.directions.append(self.draw(h))
         return h
+
+    def draw(self, h):
+        """u_l in h_l's dtype: under a mixed precision d is a product
+        through the network in 16 bits, and ĝ_l pairs it with the u_l
+        that entered it."""
+        return tf.cast(standard_normal(tf.shape(h), self.seed_generator),
+                       h.dtype)
 
     def tangents(self, z):
         """[(u_l, d)] for every hidden block, d = Σ_k J_k u_k."""
         if self._tangents is None:
-            cotangent = tf.zeros_like(z)
-            with tf.GradientTape(watch_accessed_variables=False) as outer:
-                outer.watch(cotangent)
-                transposed = self._tape.gradient(z, self.hidden,
-                                                 output_gradients=cotangent)
-            d = outer.gradient(transposed, cotangent,
-                               output_gradients=self.directions)
+            vjps, along = transposed(self._tape, z, self.hidden)
+            d = along(vjps, self.directions)
             self._tangents = [(u, d) for u in self.directions]
         return self._tangents
 
@@ -94,41 +105,18 @@ class PointTangents(TangentProbe):
         super().__init__(seed_generator)
         self.count = count
 
-    def perturb(self, h):
-        self._tape.watch(h)
-        self.hidden.append(h)
-        self.directions.append([tf.cast(standard_normal(
-            tf.shape(h), self.seed_generator), h.dtype)
-            for _ in range(self.count)])
-        return h
+    def draw(self, h):
+        one = super().draw
+        return [one(h) for _ in range(self.count)]
 
     def tangents(self, z):
         """[[(u_l, J_l u_l)] × K] for every feedback point."""
         if self._tangents is None:
-            cotangent = tf.zeros_like(z)
-            with tf.GradientTape(persistent=True,
-                                 watch_accessed_variables=False) as outer:
-                outer.watch(cotangent)
-                transposed = self._tape.gradient(
-                    z, self.hidden, output_gradients=cotangent)
-            self._tangents = [
-                [(u, outer.gradient(t, cotangent, output_gradients=u))
-                 for u in us]
-                for t, us in zip(transposed, self.directions)]
+            vjps, along = transposed(self._tape, z, self.hidden,
+                                     persistent=True)
+            self._tangents = [[(u, along(t, u)) for u in us]
+                              for t, us in zip(vjps, self.directions)]
         return self._tangents
-
-
-def jvp(tape, z, variables, directions):
-    """J v = Σ_s J_s v_s, the logits' derivative along `directions` (one
-    per variable) from the forward pass on `tape`: one forward-mode
-    product, as the transpose of a vector-Jacobian product."""
-    cotangent = tf.zeros_like(z)
-    with tf.GradientTape(watch_accessed_variables=False) as outer:
-        outer.watch(cotangent)
-        transposed = tape.gradient(
-            z, variables, output_gradients=cotangent,
-            unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return outer.gradient(transposed, cotangent, output_gradients=directions)
 
 
 def normal_like(variables, seed_generator):

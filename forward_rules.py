@@ -2,8 +2,9 @@
 weight perturbation (fg_w) or activity perturbation (fg_a), and PEPITA.
 
 Registered in projection.RULES like every rule (projection.py imports this
-module before its control, shallow).  fg_a is a direct rule (its teaching signal enters at
-each feedback point, as DFA's does); fg_w and pepita make their whole step
+module before its control, shallow).  fg_a is a direct rule (its teaching
+signal enters at each feedback point, as DFA's does); fg_w and pepita make
+their whole step
 themselves (`Projection.own_step`), since what they update is not a
 gradient the model's two paths (chained, direct) can give.
 
@@ -19,7 +20,7 @@ import tensorflow as tf
 
 from loss_scaling import injected, logits32
 from blocks import LayerRecord
-from forward_mode import PointTangents, jvp, normal_like
+from forward_mode import PointTangents, normal_like, transposed
 from projection import Projection, register
 from step import Step
 
@@ -52,11 +53,12 @@ class WeightForwardGradient(Projection):
             loss = model.global_loss(target, z)
         error = tape.gradient(loss, z)
         count = model.spec["fg_directions"]
+        vjps, along = transposed(tape, z, variables, persistent=count > 1)
         grads = [tf.zeros_like(v) for v in variables]
         for _ in range(count):
             v = normal_like(variables, model.seed_generator)
-            along = tf.reduce_sum(error * jvp(tape, z, variables, v)) / count
-            grads = [g + along * vi for g, vi in zip(grads, v)]
+            slope = tf.reduce_sum(error * along(vjps, v)) / count  # ∇L·v/K
+            grads = [g + slope * vi for g, vi in zip(grads, v)]
         if scale is not None:  # (no 16-bit backward pass for S to guard:
             grads = [g * scale for g in grads]  # applied, to be removed)
         return finished(model, tape, grads, loss, target, z, hidden, scale)

@@ -308,12 +308,16 @@ def check_sublayer_points(hp) -> None:
             "--feedback_points=block)")
 
 
+def resolved_specs(hp):
+    """The arch's blocks with their options set (the flags where unset)."""
+    return [spec.resolved(hp["batch_norm"], hp["use_bias"], hp["dropout"])
+            for spec in arch.parse(hp["arch"])]
+
+
 def check_pepita(hp) -> None:
     """PEPITA trains dense and conv blocks without norms; dropout only
     where it drops the activations themselves (no pool between)."""
-    specs = [spec.resolved(hp["batch_norm"], hp["use_bias"], hp["dropout"])
-             for spec in arch.parse(hp["arch"])]
-    for spec in specs:
+    for spec in resolved_specs(hp):
         if spec.kind not in PEPITA_BLOCKS:
             raise UsageError(f"--algorithm=pepita: '{spec.token}' in "
                              f"--arch={hp['arch']} is a '{spec.kind}' "
@@ -334,8 +338,8 @@ def check_pepita(hp) -> None:
 def check_fg_a(hp) -> None:
     """fg_a perturbs each example's activity alone: an estimate without
     bias only when the examples do not interact (no batch norm)."""
-    for spec in arch.parse(hp["arch"]):
-        if spec.resolved(hp["batch_norm"], hp["use_bias"], 0.0).batch_norm:
+    for spec in resolved_specs(hp):
+        if spec.batch_norm:
             raise UsageError(f"--algorithm=fg_a: '{spec.token}' has batch "
                              "norm, which mixes the examples that fg_a "
                              "perturbs one by one (its estimate would be "

@@ -97,8 +97,8 @@ class ProjectionModel(keras.Model):
         # p = h B and the local losses: float32 under every policy.  One
         # per feedback point (a block's, or its sublayers').
         # (pepita: one, F, that modulates the input)
-        taps = (1 if self.rule.modulates_input else 0) if not \
-            self.rule.direct else sum(len(b.tap_names) for b in self.blocks)
+        taps = (sum(len(b.tap_names) for b in self.blocks) if self.rule.direct
+                else int(self.rule.modulates_input))
         self.projections = [
             self.rule(target_dim, bw_init, seed * 1000 + 500 + i,
                       self.output_fn, name=f"projection{i + 1}",
