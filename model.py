@@ -26,6 +26,7 @@ import loss_scaling
 import optimizers  # noqa: F401  (registers what a saved model's optimizers are)
 import projection
 import shapes
+import step_metrics
 import token_blocks
 from blocks import blocks_from_arch
 from layers import PACKAGE, make_linear
@@ -34,10 +35,6 @@ from step import Step
 
 OUTPUT_FUNCTION_OF_SCALER = {"standard": "tanh", "zero_one": "sigmoid",
                              "normalize": "linear", "identity": "linear"}
-
-
-def error_rate(y_true, y_pred):
-    return 1.0 - keras.metrics.categorical_accuracy(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -106,11 +103,8 @@ class ProjectionModel(keras.Model):
             for i in range(taps)]
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.feedback_optimizer = None
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.extra_metrics = ([
-            keras.metrics.CategoricalAccuracy(name="accuracy"),
-            keras.metrics.MeanMetricWrapper(error_rate, name="error_rate")]
-            if self.classify else [])
+        # loss (and accuracy, error_rate): step_metrics.py
+        self.step_metrics = step_metrics.make(self.classify)
         # Diagnostics (trackers.py): a trackers.Trackers, or None.  Read when
         # a step is traced, so None adds no op and no metric to the step.
         self.diagnostics = None
@@ -179,7 +173,7 @@ class ProjectionModel(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, *self.extra_metrics,
+        return [*self.step_metrics,
                 *(self.diagnostics.metrics if self.diagnostics is not None
                   else [])]
 
@@ -379,9 +373,7 @@ class ProjectionModel(keras.Model):
         return logs
 
     def update_metrics(self, loss, target, z):
-        self.loss_tracker.update_state(
-            loss, sample_weight=tf.cast(tf.shape(z)[0], loss.dtype))
-        y_pred = self.output_function(z)
-        for metric in self.extra_metrics:
-            metric.update_state(target, y_pred)
+        step_metrics.update(self.step_metrics, loss, target,
+                            self.output_function(z) if self.classify
+                            else None)
         return {m.name: m.result() for m in self.metrics}

@@ -39,8 +39,30 @@ from runtime.errors import UsageError
 from layers import PACKAGE
 
 
+class DirectUpdates:
+    """Applies `update_step` variable by variable, as Keras' optimizers do
+    on every backend but TensorFlow's, whose tf.distribute path (an
+    all-reduce check, a merge call and an update context per variable)
+    adds only Python to a one-device step: about a fifth of the time that
+    tracing a small network's train step took.  The ops are the same.
+    Under a tf.distribute strategy, Keras' own path."""
+
+    def _backend_update_step(self, grads, trainable_variables,
+                             learning_rate):
+        if tf.distribute.has_strategy():
+            super()._backend_update_step(grads, trainable_variables,
+                                         learning_rate)
+            return
+        for grad, variable in zip(grads, trainable_variables):
+            # (the tf.Variable, as Keras' path passes it: a Keras variable
+            # read under a mixed policy's autocast would be cast)
+            if isinstance(variable, keras.Variable):
+                variable = variable.value
+            self.update_step(grad, variable, learning_rate)
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
-class TorchSGD(keras.optimizers.SGD):
+class TorchSGD(DirectUpdates, keras.optimizers.SGD):
     """torch.optim.SGD (dampening 0): the velocity is in gradient units."""
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False,
@@ -66,7 +88,7 @@ class TorchSGD(keras.optimizers.SGD):
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
-class TorchAdam(keras.optimizers.Adam):
+class TorchAdam(DirectUpdates, keras.optimizers.Adam):
     """torch.optim.Adam (L2 via `l2`) or AdamW (Keras' decoupled
     `weight_decay`, applied before the step as AdamW does)."""
 

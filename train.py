@@ -57,6 +57,9 @@ def build_model(hp, input_shape, target_dim, steps_per_epoch=1):
                                   hp["adam_epsilon"]),
         feedback_optimizer=feedback_optimizer, jit_compile=hp["use_xla"],
         steps_per_execution=hp["steps_per_execution"])
+    # The optimizers' slots now, not in the first trace of the train step:
+    # a tf.function whose first trace creates variables traces it again.
+    model.build_optimizers()
     import trackers
     trackers.attach(model, hp, steps_per_epoch)  # --tracker; none: no-op
     return model

@@ -4,6 +4,7 @@ sweep spends between trials.
     .venv/bin/python benchmarks/startup.py
     .venv/bin/python benchmarks/startup.py --arch=256-256 --examples_frac=1
     .venv/bin/python benchmarks/startup.py --repo=/tmp/old-checkout
+    .venv/bin/python benchmarks/startup.py --before=/tmp/old-checkout
 
 Runs, in this one fresh process, `--trials` 1-epoch trials of one
 configuration (by default the trials of README's acceptance sweep: MNIST,
@@ -36,11 +37,15 @@ time.  For the sweep it prints the time from `run_sweep`'s call to the
 first trial, between trials (keras-tuner's bookkeeping, results.csv,
 TensorBoard sessions) and after the last.  Timings are wall-clock: run it
 on a quiet machine and compare runs of the same command.
+
+`--before=DIR` compares that checkout with this one in one run, each in
+fresh processes with XLA's cache cold, then warm: startup_compare.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -72,6 +77,12 @@ def parse_args(argv):
     parser.add_argument("--hparam", action="append", default=[],
                         metavar="KEY=VALUE", help="another hparams field "
                         "(repeatable)")
+    parser.add_argument("--before", default="",
+                        help="a checkout to compare with --repo: fresh "
+                        "processes, XLA's cache cold then warm "
+                        "(startup_compare.py)")
+    parser.add_argument("--json", default="",
+                        help="also write the trials' rows to this file")
     parser.add_argument("--workdir", default="",
                         help="where the runs write (default: a temporary "
                         "folder, removed after)")
@@ -238,7 +249,13 @@ def time_sweep(hp, lrs, sweep_dir):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.before:
+        import startup_compare
+        passed = [a for a in argv if not a.startswith(("--before", "--repo"))]
+        return startup_compare.main(os.path.abspath(args.before),
+                                    os.path.abspath(args.repo), passed)
     sys.path.insert(0, os.path.abspath(args.repo))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:  # as the entry points do, where the checkout has it
@@ -277,6 +294,9 @@ def main(argv=None):
             hp = hparams.make(**base, lr=lr)
             rows.append(run_trial(hp, os.path.join(folder, f"trial{k}")))
         print(show(rows, [f"lr={lr:g}" for lr in lrs]))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f)
         print("(seconds; start-up = data + build + fit_setup + the three "
               "compiles; train and eval: steady compute)")
         if args.sweep_trials:

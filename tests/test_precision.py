@@ -45,8 +45,10 @@ FLOAT16_TOLERANCE = 2e-2
 # PEPITA's hidden updates are differences h − h' of two passes whose
 # inputs differ by e Fᵀ (F of scale 0.05), which 16 bits keep less of:
 # measured on the dense net, float16 0.036 and 0.068 relative errors,
-# bfloat16 cosines 0.979 and 0.965.
-PEPITA_FLOAT16_TOLERANCE, PEPITA_BFLOAT16_COSINE = 0.1, 0.95
+# bfloat16 cosines 0.979 and 0.965 on one x86 CPU, 0.982 and 0.905 on an
+# AMD EPYC (this step runs without XLA: oneDNN's bfloat16 kernels differ
+# by CPU).  A wrong precision path gives cosines near 0, not 0.9.
+PEPITA_FLOAT16_TOLERANCE, PEPITA_BFLOAT16_COSINE = 0.1, 0.85
 
 
 def build(rule, kind, precision, **kw):
