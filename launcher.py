@@ -18,6 +18,12 @@ an order that depends on the intra-op thread count (measured: 1 and 2
 threads give different bits), and a trial's numbers must not depend on how
 many workers ran the sweep.
 
+Start-up: the workers are started before the chief imports TensorFlow
+(`prestart`), so that the three processes import it at once rather than
+one after the other; each worker, once TensorFlow is loaded, waits for the
+oracle's port (a file the chief writes when it serves) and only then
+reads the sweep folder.
+
 Faults: a worker that crashes (killed, or a crash of Python) is started
 again under the same id; the oracle hands it back its trial, which resumes
 from its last finished epoch.  Ctrl-C or SIGTERM stops every worker and
@@ -31,9 +37,11 @@ failed write (4) stops the sweep with its status.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from runtime.errors import Interrupted, UsageError, WorkerStopped
@@ -42,8 +50,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LAUNCHER_ENV = "BPFREE_LAUNCHER_PID"  # set in the workers it starts
 QUIET_ENV = "BPFREE_WORKER_QUIET"  # workers print no per-trial lines
 WORKERS_ENV = "BPFREE_SWEEP_WORKERS"  # how many (for progress estimates)
+PORT_FILE_ENV = "BPFREE_ORACLE_PORT_FILE"  # where a worker reads the port
 NOT_RETRIED = {2: "bad input", 3: "a failed run", 4: "a failed write"}
 POLL_SECONDS = 0.2
+PORT_POLL_SECONDS = 0.05
+NVIDIA_GPUS = "/proc/driver/nvidia/gpus"  # one entry per GPU
 STOP_SECONDS = 10  # how long a worker gets to end after SIGTERM
 
 
@@ -67,14 +78,17 @@ def parse_workers(text) -> int:
 
 def gpu_ids() -> list[str]:
     """The GPUs this process may use (CUDA_VISIBLE_DEVICES' ids, else every
-    GPU TensorFlow finds); empty without a GPU."""
+    GPU of NVIDIA's driver); empty without a GPU.  Read without
+    TensorFlow, which loads only after the workers start."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [g.strip() for g in visible.split(",")
                 if g.strip() and g.strip() != "-1"]
-    import tensorflow as tf
-    return [str(k) for k in range(len(tf.config.list_physical_devices(
-        "GPU")))]
+    try:
+        count = len(os.listdir(NVIDIA_GPUS))
+    except OSError:  # (no NVIDIA driver: no GPU TensorFlow could use)
+        count = 0
+    return [str(k) for k in range(count)]
 
 
 def cpu_count() -> int:
@@ -134,29 +148,39 @@ def serve(oracle):
     return server, port
 
 
-def run(tuner, sweep, given: dict, workers: int,
-        announce: bool = True, details: bool = False) -> None:
-    """Serves the grid of `sweep` (a sweep_plan.Sweep) to `workers` worker
-    processes until every one has found it done.  `announce`: the workers'
-    line per trial; `details` (-v): keras-tuner's own trial tables."""
-    flags = [f"--sweep_dir={sweep.path}", *command_line(given)]
+def prestart(sweep_dir, given: dict, workers: int,
+             announce: bool = True) -> "WorkerPool":
+    """The worker processes, started before this process loads TensorFlow:
+    each loads it, then waits for the port `run` publishes."""
+    flags = [f"--sweep_dir={sweep_dir}", *command_line(given)]
     check_round_trip(given, flags[1:])
-    tuner.oracle.verbose = 1 if details else 0
-    tuner.save()  # (keras-tuner's chief saves before serving)
-    server, port = serve(tuner.oracle)
     gpus, cores = gpu_ids(), cpu_count()
+    port_file = os.path.join(tempfile.mkdtemp(prefix="bpfree-oracle-"),
+                             "port")
     base = {**os.environ, LAUNCHER_ENV: str(os.getpid()),
-            WORKERS_ENV: str(workers),
-            "KERASTUNER_ORACLE_IP": "127.0.0.1",
-            "KERASTUNER_ORACLE_PORT": str(port)}
+            WORKERS_ENV: str(workers), PORT_FILE_ENV: port_file,
+            "KERASTUNER_ORACLE_IP": "127.0.0.1"}
+    base.pop("KERASTUNER_ORACLE_PORT", None)
     if not announce:
         base[QUIET_ENV] = "1"
     pool = WorkerPool(
         [sys.executable, os.path.join(HERE, "tune.py"), *flags],
         [{**base, **worker_environment(k + 1, workers, gpus, cores)}
-         for k in range(workers)])
+         for k in range(workers)], port_file)
+    pool.start_all()
+    return pool
+
+
+def run(tuner, pool: "WorkerPool", sweep, workers: int,
+        details: bool = False) -> None:
+    """Serves the grid of `sweep` (a sweep_plan.Sweep) to the workers of
+    `pool` (`prestart`) until every one has found it done.  `details`
+    (-v): keras-tuner's own trial tables."""
+    tuner.oracle.verbose = 1 if details else 0
+    tuner.save()  # (keras-tuner's chief saves before serving)
+    server, port = serve(tuner.oracle)
     try:
-        pool.start_all()
+        pool.publish_port(port)
         pool.wait()
     except Interrupted:  # (cli.py prints where it stopped)
         pool.stop()
@@ -178,8 +202,9 @@ def max_restarts() -> int:
 class WorkerPool:
     """The worker processes: started, restarted after a crash, stopped."""
 
-    def __init__(self, command, environments):
+    def __init__(self, command, environments, port_file=None):
         self.command, self.environments = command, environments
+        self.port_file = port_file
         self.processes = [None] * len(environments)
         self.restarts = [0] * len(environments)
         self.done = [False] * len(environments)
@@ -192,6 +217,16 @@ class WorkerPool:
     def start_all(self):
         for k in range(len(self.processes)):
             self.start(k)
+
+    def publish_port(self, port: int) -> None:
+        """The oracle's port, to the waiting workers (written whole: a
+        rename) and to any worker started again later."""
+        for env in self.environments:
+            env["KERASTUNER_ORACLE_PORT"] = str(port)
+        partial = self.port_file + ".partial"
+        with open(partial, "w") as f:
+            f.write(str(port))
+        os.replace(partial, self.port_file)
 
     def wait(self):
         """Until every worker has ended with status 0; restarts crashed
@@ -241,6 +276,9 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self.port_file:
+            shutil.rmtree(os.path.dirname(self.port_file),
+                          ignore_errors=True)
 
 
 # --- A worker -------------------------------------------------------------------
@@ -265,6 +303,21 @@ def become_worker() -> None:
         pass
     if str(os.getppid()) != os.environ[LAUNCHER_ENV]:
         os._exit(1)  # the chief ended before the guard was set
+    if "KERASTUNER_ORACLE_PORT" not in os.environ:
+        import keras_tuner  # noqa: F401  (TensorFlow, while the chief's loads)
+        os.environ["KERASTUNER_ORACLE_PORT"] = wait_for_port(
+            os.environ[PORT_FILE_ENV])
+
+
+def wait_for_port(port_file) -> str:
+    """The port the chief publishes once it serves (it kills this process
+    if it ends first: PR_SET_PDEATHSIG)."""
+    while True:
+        try:
+            with open(port_file) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            time.sleep(PORT_POLL_SECONDS)
 
 
 def sweep_workers() -> int:

@@ -69,13 +69,14 @@ def run_sweep(given, sweep_dir, verbose=True, workers=1):
     workers = launcher.parse_workers(workers)
     space, configs = check_sweep(given, sweep_dir, workers)
     workers = min(workers, len(configs))  # (more would have nothing to do)
-    with holding(sweep_dir):
+    with holding(sweep_dir), started_workers(
+            sweep_dir, given, workers, verbose) as pool:
         sweep, tuner = open_sweep_and_tuner(sweep_dir, space, configs,
                                             workers, verbose)
         if verbose and not is_worker():
             print(sweep_line(sweep, workers), flush=True)
         faults.point("startup")
-        search(tuner, sweep, given, workers, verbose)
+        search(tuner, pool, sweep, workers, verbose)
         frame = write_results(sweep)
         if verbose and not is_worker() and not frame.empty:
             print(show_table(frame, sweep.searched))
@@ -123,6 +124,20 @@ def holding(sweep_dir):
             lock.release()
 
 
+@contextlib.contextmanager
+def started_workers(sweep_dir, given, workers, verbose):
+    """With `workers` > 1, the worker processes (launcher.prestart), started
+    before TensorFlow loads here and stopped whatever happens; else None."""
+    if workers <= 1:
+        yield None
+        return
+    pool = launcher.prestart(sweep_dir, given, workers, announce=verbose)
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
 def open_sweep_and_tuner(sweep_dir, space, configs, workers, verbose):
     """The sweep's plan (sweep.json, written or widened), its TensorBoard
     experiment and its keras-tuner tuner (TensorFlow loads here)."""
@@ -141,17 +156,16 @@ def open_sweep_and_tuner(sweep_dir, space, configs, workers, verbose):
     return sweep, tuner
 
 
-def search(tuner, sweep: Sweep, given, workers, verbose):
-    """Runs the trials not yet done, here or on `workers` worker processes;
-    a failed write stops it (StorageError), as does an interrupt, with
-    results.csv holding what finished."""
+def search(tuner, pool, sweep: Sweep, workers, verbose):
+    """Runs the trials not yet done, here or on the worker processes of
+    `pool` (launcher.prestart); a failed write stops it (StorageError), as
+    does an interrupt, with results.csv holding what finished."""
     import keras_tuner
     from runtime import quiet
     details = verbose and quiet.verbose()
     try:
-        if workers > 1:
-            launcher.run(tuner, sweep, given, workers, announce=verbose,
-                         details=details)
+        if pool is not None:
+            launcher.run(tuner, pool, sweep, workers, details=details)
         else:
             tuner.search(verbose=1 if details else 0)
     except keras_tuner.errors.FatalError as error:
