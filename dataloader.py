@@ -98,7 +98,28 @@ def scale(x: np.ndarray, scaler: str, max_value: float,
           statistics=None) -> np.ndarray:
     """Raw values to the network's input scale.  `normalize` needs the
     training split's `channel_statistics`, as torchvision's Normalize with
-    dataset statistics."""
+    dataset statistics.  Bytes (every image dataset here) are looked up
+    in a table of their 256 scaled values, one per channel: the same
+    float32 arithmetic on each value, a quarter of the time on MNIST."""
+    if scaler not in hparams_lib.SCALERS:
+        raise UsageError(f"unknown scaler '{scaler}' "
+                         f"(valid: {', '.join(hparams_lib.SCALERS)})")
+    if x.dtype != np.uint8 or x.ndim < 2:
+        return scaled_values(x, scaler, max_value, statistics)
+    channels = x.shape[-1]
+    table = scaled_values(np.repeat(np.arange(256, dtype=np.uint8)[:, None],
+                                    channels, axis=1),
+                          scaler, max_value, statistics)  # (256, C)
+    if channels == 1:
+        return table[:, 0][x]
+    out = np.empty(x.shape, np.float32)
+    for c in range(channels):
+        out[..., c] = table[:, c][x[..., c]]
+    return out
+
+
+def scaled_values(x: np.ndarray, scaler: str, max_value: float,
+                  statistics=None) -> np.ndarray:
     x = x.astype(np.float32)
     if scaler == "standard":
         return x * np.float32(2.0 / max_value) - np.float32(1.0)
@@ -108,10 +129,7 @@ def scale(x: np.ndarray, scaler: str, max_value: float,
         mean, std = statistics
         return ((x - mean.astype(np.float32)) /
                 std.astype(np.float32)).astype(np.float32)
-    if scaler == "identity":
-        return x
-    raise UsageError(f"unknown scaler '{scaler}' "
-                     f"(valid: {', '.join(hparams_lib.SCALERS)})")
+    return x  # identity
 
 
 # --- Pipelines ----------------------------------------------------------------
@@ -277,7 +295,8 @@ def prepare(hp) -> Prepared:
     x_tr, x_te = scaled(x_tr), scaled(raw.x_test)
     if x_val is not None:
         x_val = scaled(x_val)
-    baseline = float(np.mean(np.square(x_te - x_tr.mean(axis=0))))
+    baseline = (float("nan") if classify else  # (reconstruction's alone)
+                float(np.mean(np.square(x_te - x_tr.mean(axis=0)))))
     # What a raw 0 pixel becomes: torchvision pads the raw image.
     pad_value = scaled(np.zeros((1,) * (x_tr.ndim - 1) + x_tr.shape[-1:]))
     return Prepared(*tensors(x_tr, y_tr), *tensors(x_val, y_val),

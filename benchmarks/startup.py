@@ -70,6 +70,10 @@ def parse_args(argv):
     parser.add_argument("--algorithm", default="dfa")
     parser.add_argument("--examples_frac", type=float, default=0.2)
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="epochs per trial (more than 1: each "
+                        "epoch's wall time, the first from fit's start, "
+                        "is printed)")
     parser.add_argument("--lrs", default="1e-3,1e-2,3e-3",
                         help="one trial per learning rate, in this order")
     parser.add_argument("--sweep_trials", type=int, default=3,
@@ -119,6 +123,12 @@ def step_timer(clock):
             super().__init__()
             self.executions = []  # (first step, last step, seconds)
 
+        def on_train_begin(self, logs=None):
+            self.epoch_ends = [time.perf_counter()]  # (fit's start first)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_ends.append(time.perf_counter())
+
         def on_train_batch_begin(self, batch, logs=None):
             clock.mark("first_batch")
             self.began, self.first = time.perf_counter(), batch
@@ -164,7 +174,10 @@ def run_trial(hp, workdir):
         dataloader.load, train.build_model = real_load, real_build
         train.final_metrics = real_final
     warm = warm_evaluations(held["model"], held["data"])
-    return phases(clock, timer.executions, warm, hp)
+    row = phases(clock, timer.executions, warm, hp)
+    ends = timer.epoch_ends
+    row["epochs"] = [b - a for a, b in zip(ends, ends[1:])]
+    return row
 
 
 def warm_evaluations(model, data) -> float:
@@ -202,6 +215,12 @@ def phases(clock, executions, warm_eval, hp) -> dict:
             "end": m["end"] - m["fit_end"] - sum(s.get("final", [0.0])),
             "wall": wall, "share": startup / wall,
             "executions": len(executions)}
+
+
+def first_over_steady(row) -> float:
+    """The first epoch's wall time over the median of the others'."""
+    first, *rest = row["epochs"]
+    return first / statistics.median(rest)
 
 
 COLUMNS = ("data", "build", "fit_setup", "first_compile", "last_compile",
@@ -279,12 +298,13 @@ def main(argv=None):
     lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
     base = {"dataset": args.dataset, "data_dir": args.data_dir,
             "arch": args.arch, "algorithm": args.algorithm,
-            "examples_frac": args.examples_frac, "epochs": 1,
+            "examples_frac": args.examples_frac, "epochs": args.epochs,
             "batch_size": args.batch_size, "objective": "loss", **extra}
     folder = args.workdir or tempfile.mkdtemp(prefix="bpfree-startup-")
     print(f"repo {os.path.abspath(args.repo)}; {args.dataset} "
           f"{args.arch} {args.algorithm}, examples_frac "
-          f"{args.examples_frac}, batch {args.batch_size}, 1 epoch; "
+          f"{args.examples_frac}, batch {args.batch_size}, {args.epochs} "
+          f"epoch(s); "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     print(f"imports: {imports:.2f} s (tensorflow {tf_import:.2f} s), once "
           f"per process; XLA cache: {cache}", flush=True)
@@ -299,6 +319,12 @@ def main(argv=None):
                 json.dump(rows, f)
         print("(seconds; start-up = data + build + fit_setup + the three "
               "compiles; train and eval: steady compute)")
+        if args.epochs > 1:
+            for lr, row in zip(lrs, rows):
+                times = ", ".join(f"{t:.2f}" for t in row["epochs"])
+                print(f"lr={lr:g}: epochs {times} s (the first from fit's "
+                      f"start); first / steady (median of the rest) = "
+                      f"{first_over_steady(row):.2f}")
         if args.sweep_trials:
             sweep = time_sweep(hparams.make(**base), lrs[:args.sweep_trials],
                                os.path.join(folder, "sweep"))

@@ -31,7 +31,14 @@ def measure(repo, cache, argv, out_dir, label) -> dict:
     command = [sys.executable, os.path.abspath(__file__).replace(
         "startup_compare.py", "startup.py"), f"--repo={repo}",
         f"--json={out}", "--sweep_trials=0", *argv]
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(out_dir, f"{label}.log"), "w") as log:
+        done = subprocess.run(command, env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    if done.returncode:
+        with open(log.name) as f:
+            sys.stdout.write(f.read()[-3000:])
+        raise SystemExit(f"{label}: startup.py ended with status "
+                         f"{done.returncode} (its output above)")
     with open(out) as f:
         return json.load(f)
 
@@ -54,8 +61,9 @@ def compare(before, after, argv) -> dict:
 def table(results) -> str:
     """The first trial of each measurement, and the second (its steps
     reused), phase by phase, with after/before ratios."""
+    trials = min(len(rows) for rows in results.values())
     columns = [(state, trial) for state in ("cold", "warm")
-               for trial in (0, 1)]
+               for trial in range(min(trials, 2))]
     head = (f"{'seconds':>14}" + "".join(
         f" {f'{state} #{trial + 1}':>22}" for state, trial in columns))
     sub = f"{'':>14}" + "".join(
@@ -68,6 +76,14 @@ def table(results) -> str:
             a = results["after", state][trial][phase]
             cells.append(f" {b:>7.2f} {a:>7.2f} {a / b if b else 0:>6.2f}")
         lines.append(f"{phase:>14}" + "".join(cells))
+    if len(results["after", "cold"][0].get("epochs", ())) > 1:
+        from startup import first_over_steady
+        cells = []
+        for state, trial in columns:
+            b, a = (first_over_steady(results[name, state][trial])
+                    for name in ("before", "after"))
+            cells.append(f" {b:>7.2f} {a:>7.2f} {a / b:>6.2f}")
+        lines.append(f"{'epoch 1/steady':>14}" + "".join(cells))
     return "\n".join(lines)
 
 

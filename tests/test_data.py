@@ -187,3 +187,24 @@ def test_the_readme_lists_every_dataset_and_its_files():
         assert name in rows, name
         assert rows[name].replace("`", "") == spec.files.replace(
             "`", ""), name
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 4, 1), (6, 4, 3, 3)])
+@pytest.mark.parametrize("scaler", ["standard", "zero_one", "normalize",
+                                    "identity"])
+def test_bytes_are_scaled_by_table_bitwise_as_by_arithmetic(shape, scaler):
+    """Bytes are looked up in a table of their scaled values; each value
+    is the float32 arithmetic of the scaler (per channel for normalize)."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, shape, dtype=np.uint8)
+    x.flat[:2] = (0, 255)
+    statistics = dataloader.channel_statistics(x)
+    mean, std = (s.astype(np.float32) for s in statistics)
+    expected = {"standard": x.astype(np.float32) * np.float32(2 / 255.0)
+                - np.float32(1),
+                "zero_one": x.astype(np.float32) * np.float32(1 / 255.0),
+                "normalize": (x.astype(np.float32) - mean) / std,
+                "identity": x.astype(np.float32)}[scaler]
+    scaled = dataloader.scale(x, scaler, 255.0, statistics)
+    assert scaled.dtype == np.float32 and scaled.shape == shape
+    assert scaled.tobytes() == expected.tobytes()
