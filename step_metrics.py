@@ -4,16 +4,16 @@ classification accuracy and error rate.
 They are Keras `Mean` metrics (the same names, variables, results and
 resets as `keras.metrics.Mean`, `CategoricalAccuracy` and a
 `MeanMetricWrapper` of the error rate), fed each batch's sum and size
-directly.  Keras' own updates trace about 110 ops per step for these three
+directly.  Keras' own updates trace 89 more ops per step for these three
 (shape checks, sample-weight broadcasting, and an argmax that maps −0.0
-below +0.0, twice per metric): the XLA compile of a small network's test
-step took twice as long with them (0.67 s against 0.35 s, 784-256-10), and
-a process compiles one train and one test program per batch shape.  The
-numbers are bitwise Keras': the loss total grows by loss · n, as Keras'
-sample-weighted mean does; a batch's number of correct predictions is an
-exact integer in float32, so the error total n − correct is exactly Keras'
-sum of (1 − match); and the argmax needs no −0.0 fix here, since neither
-a softmax output nor a one-hot target can hold −0.0
+below +0.0, twice per metric), which a process's first trial of a graph
+traces for each step; XLA's compile of the step is not shorter (it
+simplifies those ops away).  The numbers are bitwise Keras': the loss
+total grows by loss · n, as Keras' sample-weighted mean does; a batch's
+number of correct predictions is an exact integer in float32, so the
+error total n − correct is exactly Keras' sum of (1 − match); and the
+argmax needs no −0.0 fix here, since neither a softmax output nor a
+one-hot target can hold −0.0
 (tests/test_step_metrics.py).
 """
 

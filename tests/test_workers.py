@@ -219,3 +219,43 @@ def test_a_worker_waits_for_the_last_trials_of_a_graph_another_holds():
     assert grid_search.next_config([one], "my graph", []) == one  # nobody holds it
     assert grid_search.next_config([one], "my graph", [held],
                             may_wait=False) == one  # waited long enough
+
+
+def test_the_workers_start_before_the_chief_loads_tensorflow(
+        tmp_path, monkeypatch):
+    """run_sweep starts the workers before it opens the sweep and its
+    tuner (where TensorFlow loads), and stops them if that fails."""
+    import launcher
+    calls = []
+
+    class Pool:
+        def stop(self):
+            calls.append("stop")
+
+    def prestart(sweep_dir, given, workers, announce=True):
+        calls.append(("prestart", workers))
+        return Pool()
+
+    def open_sweep_and_tuner(*args):
+        calls.append("open")
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(launcher, "prestart", prestart)
+    monkeypatch.setattr(tune, "open_sweep_and_tuner", open_sweep_and_tuner)
+    with pytest.raises(RuntimeError, match="stop here"):
+        tune.run_sweep(GIVEN, str(tmp_path / "sweep"), verbose=False,
+                       workers=2)
+    assert calls == [("prestart", 2), "open", "stop"]
+
+
+def test_a_waiting_worker_reads_the_port_once_published(tmp_path):
+    import launcher
+    pool = launcher.WorkerPool(["true"], [{}, {}],
+                               str(tmp_path / "oracle" / "port"))
+    os.makedirs(tmp_path / "oracle")
+    pool.publish_port(43210)
+    assert launcher.wait_for_port(pool.port_file) == "43210"
+    assert [env["KERASTUNER_ORACLE_PORT"] for env in pool.environments] \
+        == ["43210", "43210"]  # (a worker started again gets it at once)
+    assert not os.path.exists(pool.port_file + ".partial")
+    pool.stop()
+    assert not os.path.exists(tmp_path / "oracle")
