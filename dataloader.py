@@ -29,7 +29,8 @@ class Data:
     input_shape: tuple
     target_dim: int
     steps_per_epoch: int
-    mean_image_test_loss: float  # MSE of predicting the mean training image
+    # MSE of predicting the mean training image (reconstruction; else NaN)
+    mean_image_test_loss: float
     epoch: object = None  # tf.Variable: the epoch whose order `train` yields
 
     def set_epoch(self, epoch: int) -> None:

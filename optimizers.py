@@ -43,9 +43,8 @@ class DirectUpdates:
     """Applies `update_step` variable by variable, as Keras' optimizers do
     on every backend but TensorFlow's, whose tf.distribute path (an
     all-reduce check, a merge call and an update context per variable)
-    adds only Python to a one-device step: about a fifth of the time that
-    tracing a small network's train step took.  The ops are the same.
-    Under a tf.distribute strategy, Keras' own path."""
+    adds only Python to the trace of a one-device step.  The ops are the
+    same.  Under a tf.distribute strategy, Keras' own path."""
 
     def _backend_update_step(self, grads, trainable_variables,
                              learning_rate):
