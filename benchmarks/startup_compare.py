@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 
+STARTUP = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                       "startup.py")
 PHASES = ("data", "build", "fit_setup", "first_compile", "last_compile",
           "eval_compile", "startup", "train", "eval", "wall")
 
@@ -28,9 +30,8 @@ def measure(repo, cache, argv, out_dir, label) -> dict:
     out = os.path.join(out_dir, f"{label}.json")
     env = {**os.environ, "BPFREE_XLA_CACHE": cache,
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, os.path.abspath(__file__).replace(
-        "startup_compare.py", "startup.py"), f"--repo={repo}",
-        f"--json={out}", "--sweep_trials=0", *argv]
+    command = [sys.executable, STARTUP, f"--repo={repo}", f"--json={out}",
+               "--sweep_trials=0", *argv]
     with open(os.path.join(out_dir, f"{label}.log"), "w") as log:
         done = subprocess.run(command, env=env, stdout=log,
                               stderr=subprocess.STDOUT)
