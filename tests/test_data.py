@@ -1,6 +1,7 @@
 """Datasets: the real file formats (CIFAR written by the test, tfds' mock
 data, an image folder), the shared MNIST copies, and the seeded subsets."""
 
+import gc
 import os
 import pickle
 import tarfile
@@ -192,9 +193,10 @@ def test_the_readme_lists_every_dataset_and_its_files():
 @pytest.mark.parametrize("shape", [(7, 5, 4, 1), (6, 4, 3, 3)])
 @pytest.mark.parametrize("scaler", ["standard", "zero_one", "normalize",
                                     "identity"])
-def test_bytes_are_scaled_by_table_bitwise_as_by_arithmetic(shape, scaler):
-    """Bytes are looked up in a table of their scaled values; each value
-    is the float32 arithmetic of the scaler (per channel for normalize)."""
+def test_scaling_in_place_is_bitwise_the_float32_arithmetic(shape, scaler):
+    """Each value is the scaler's float32 arithmetic, operation by
+    operation (per channel for normalize), done in place; the caller's
+    array is left as it was."""
     rng = np.random.default_rng(4)
     x = rng.integers(0, 256, shape, dtype=np.uint8)
     x.flat[:2] = (0, 255)
@@ -205,6 +207,42 @@ def test_bytes_are_scaled_by_table_bitwise_as_by_arithmetic(shape, scaler):
                 "zero_one": x.astype(np.float32) * np.float32(1 / 255.0),
                 "normalize": (x.astype(np.float32) - mean) / std,
                 "identity": x.astype(np.float32)}[scaler]
+    kept = x.copy()
     scaled = dataloader.scale(x, scaler, 255.0, statistics)
     assert scaled.dtype == np.float32 and scaled.shape == shape
     assert scaled.tobytes() == expected.tobytes()
+    assert x.tobytes() == kept.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 3), (1, 1), (65, 3)])
+def test_scaled_arrays_become_tensors_without_a_copy(shape):
+    """`float32_copy` aligns its data as TF's kernels assume, so
+    `as_tensor` shares them; slices and gathers of such a tensor (kernels
+    that check alignment, and abort the process when it is wrong) give
+    the array's values.  An unaligned array is copied instead."""
+    import tensorflow as tf
+    x = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    scaled = dataloader.float32_copy(x)
+    assert scaled.ctypes.data % dataloader.TF_ALIGNMENT == 0
+    assert scaled.tobytes() == x.astype(np.float32).tobytes()
+    tensor = dataloader.as_tensor(scaled)
+    assert tensor.numpy().tobytes() == scaled.tobytes()
+    assert tf.gather(tensor, [0, 0]).numpy().tobytes() == \
+        scaled[[0, 0]].tobytes()
+    assert tensor[-1:].numpy().tobytes() == scaled[-1:].tobytes()
+    kept_alive = dataloader.as_tensor(dataloader.float32_copy(x))
+    gc.collect()  # (the array's only owner is now the tensor)
+    overwritten = [np.full(x.size, 7.0, np.float32) for _ in range(20)]
+    assert kept_alive.numpy().tobytes() == scaled.tobytes(), overwritten
+    written = dataloader.float32_copy(x)  # (the test writes to it: no
+    shared = dataloader.as_tensor(written)  # run does)
+    written.flat[0] = 99.0
+    assert float(tf.reshape(shared, [-1])[0]) == 99.0  # no copy was made
+    buffer = np.empty(scaled.nbytes + 128, np.uint8)
+    start = -buffer.ctypes.data % 64 + 4
+    unaligned = buffer[start:start + scaled.nbytes].view(
+        np.float32).reshape(shape)
+    unaligned[...] = scaled
+    copied = dataloader.as_tensor(unaligned)
+    unaligned.flat[0] = 99.0
+    assert copied.numpy().tobytes() == scaled.tobytes()
