@@ -85,6 +85,9 @@ def parse_args(argv):
                         help="a checkout to compare with --repo: fresh "
                         "processes, XLA's cache cold then warm "
                         "(startup_compare.py)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="with --before: rounds of its four "
+                        "measurements (fresh caches each); medians shown")
     parser.add_argument("--json", default="",
                         help="also write the trials' rows to this file")
     parser.add_argument("--workdir", default="",
@@ -267,14 +270,29 @@ def time_sweep(hp, lrs, sweep_dir):
             "trials": [b - a for a, b in spans]}
 
 
+def without_options(argv, names) -> list:
+    """argv less the options `names` (`--name=value` or `--name value`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{name}=" for name in names)):
+            out.append(arg)
+    return out
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.before:
         import startup_compare
-        passed = [a for a in argv if not a.startswith(("--before", "--repo"))]
+        passed = without_options(argv, ("--before", "--repo", "--repeats",
+                                        "--json"))
         return startup_compare.main(os.path.abspath(args.before),
-                                    os.path.abspath(args.repo), passed)
+                                    os.path.abspath(args.repo), passed,
+                                    args.repeats, args.json)
     sys.path.insert(0, os.path.abspath(args.repo))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:  # as the entry points do, where the checkout has it

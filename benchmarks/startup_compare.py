@@ -8,13 +8,17 @@ made for this run: the first process finds it empty (cold: every program
 is compiled), the second finds what the first published (warm: the
 programs load; tracing and the lowering to XLA remain).  The checkouts
 alternate (before cold, after cold, before warm, after warm), so a machine
-that slows down during the run does not favour one of them.
+that slows down during the run does not favour one of them.  With
+`--repeats=N`, N such rounds, each with cache folders of its own; the table
+shows each phase's median over the rounds (a first trial's start-up varies
+by a fifth from one process to the next on a 2-core machine).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,19 +48,36 @@ def measure(repo, cache, argv, out_dir, label) -> dict:
         return json.load(f)
 
 
-def compare(before, after, argv) -> dict:
-    """{(checkout, cache): rows} for before/after × cold/warm."""
+def compare(before, after, argv, repeats=1) -> dict:
+    """{(checkout, cache): [rows of each round]} for before/after ×
+    cold/warm."""
     results = {}
     with tempfile.TemporaryDirectory(prefix="bpfree-startup-") as work:
-        caches = {name: os.path.join(work, f"xla-{name}")
-                  for name in ("before", "after")}
-        for state in ("cold", "warm"):
-            for name, repo in (("before", before), ("after", after)):
-                print(f"measuring {name} ({repo}), XLA cache {state} ...",
-                      flush=True)
-                results[name, state] = measure(
-                    repo, caches[name], argv, work, f"{name}-{state}")
+        for round_ in range(repeats):
+            caches = {name: os.path.join(work, f"xla-{name}-{round_}")
+                      for name in ("before", "after")}
+            for state in ("cold", "warm"):
+                for name, repo in (("before", before), ("after", after)):
+                    print(f"round {round_ + 1}/{repeats}: measuring {name} "
+                          f"({repo}), XLA cache {state} ...", flush=True)
+                    results.setdefault((name, state), []).append(measure(
+                        repo, caches[name], argv, work,
+                        f"{name}-{state}-{round_}"))
     return results
+
+
+def medians(rounds) -> list:
+    """Each trial's phases (and epochs), median over the rounds."""
+    trials = min(len(rows) for rows in rounds)
+    out = []
+    for trial in range(trials):
+        rows = [rows[trial] for rows in rounds]
+        row = {phase: statistics.median(r[phase] for r in rows)
+               for phase in PHASES}
+        epochs = [r.get("epochs", []) for r in rows]
+        row["epochs"] = [statistics.median(e) for e in zip(*epochs)]
+        out.append(row)
+    return out
 
 
 def table(results) -> str:
@@ -88,9 +109,16 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
-def main(before, after, argv) -> int:
-    results = compare(before, after, argv)
+def main(before, after, argv, repeats=1, json_path="") -> int:
+    rounds = compare(before, after, argv, repeats)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({f"{name}-{state}": rows
+                       for (name, state), rows in rounds.items()}, f)
+    results = {key: medians(rows) for key, rows in rounds.items()}
     print(table(results))
+    if repeats > 1:
+        print(f"(medians of {repeats} rounds)")
     print("(#1: the process's first trial, a graph it has not traced; #2: "
           "the next trial of that graph, its compiled steps reused; "
           "ratio: after / before)")
