@@ -11,6 +11,7 @@ import pytest
 
 import dataloader
 import datasets
+import host_tensors
 import hparams
 from conftest import SHARED_DATA
 
@@ -222,20 +223,20 @@ def test_scaled_arrays_become_tensors_without_a_copy(shape):
     the array's values.  An unaligned array is copied instead."""
     import tensorflow as tf
     x = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
-    scaled = dataloader.float32_copy(x)
-    assert scaled.ctypes.data % dataloader.TF_ALIGNMENT == 0
+    scaled = host_tensors.float32_copy(x)
+    assert scaled.ctypes.data % host_tensors.TF_ALIGNMENT == 0
     assert scaled.tobytes() == x.astype(np.float32).tobytes()
-    tensor = dataloader.as_tensor(scaled)
+    tensor = host_tensors.as_tensor(scaled)
     assert tensor.numpy().tobytes() == scaled.tobytes()
     assert tf.gather(tensor, [0, 0]).numpy().tobytes() == \
         scaled[[0, 0]].tobytes()
     assert tensor[-1:].numpy().tobytes() == scaled[-1:].tobytes()
-    kept_alive = dataloader.as_tensor(dataloader.float32_copy(x))
+    kept_alive = host_tensors.as_tensor(host_tensors.float32_copy(x))
     gc.collect()  # (the array's only owner is now the tensor)
     overwritten = [np.full(x.size, 7.0, np.float32) for _ in range(20)]
     assert kept_alive.numpy().tobytes() == scaled.tobytes(), overwritten
-    written = dataloader.float32_copy(x)  # (the test writes to it: no
-    shared = dataloader.as_tensor(written)  # run does)
+    written = host_tensors.float32_copy(x)  # (the test writes to it: no
+    shared = host_tensors.as_tensor(written)  # run does)
     written.flat[0] = 99.0
     assert float(tf.reshape(shared, [-1])[0]) == 99.0  # no copy was made
     buffer = np.empty(scaled.nbytes + 128, np.uint8)
@@ -243,6 +244,6 @@ def test_scaled_arrays_become_tensors_without_a_copy(shape):
     unaligned = buffer[start:start + scaled.nbytes].view(
         np.float32).reshape(shape)
     unaligned[...] = scaled
-    copied = dataloader.as_tensor(unaligned)
+    copied = host_tensors.as_tensor(unaligned)
     unaligned.flat[0] = 99.0
     assert copied.numpy().tobytes() == scaled.tobytes()
