@@ -12,10 +12,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 # Subprocesses keep their XLA compilation cache (xla_cache.py) in a folder
-# of this test session, not in the user's cache.
+# of this test session, not in the user's cache; the process that made the
+# folder (pytest's, whose xdist workers inherit it) removes it at exit.
 if "BPFREE_XLA_CACHE" not in os.environ:
+    import atexit
     import tempfile
     os.environ["BPFREE_XLA_CACHE"] = tempfile.mkdtemp(prefix="bpfree-xla-")
+    atexit.register(shutil.rmtree, os.environ["BPFREE_XLA_CACHE"],
+                    ignore_errors=True)
 
 
 import pytest  # noqa: E402
