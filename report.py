@@ -27,7 +27,8 @@ report_plots.py draws the plots.  It reads the trial folders, so it works
 on a sweep that is still running or was interrupted: runs not finished are
 counted, not averaged.  A folder that is not a sweep, a damaged record or an
 unusable --out is refused with one line (exit status 2), before anything is
-written.
+written.  Ctrl-C or SIGTERM stops it with one line, no traceback, each file
+whole or absent (atomic.py), and the process ends by that signal.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ import sys
 import pandas as pd
 
 from runtime import atomic
+from runtime import faults
 import hparams as hparams_lib
 import report_plots
 import tracker_plots
-from runtime.errors import UsageError
+from runtime.errors import Interrupted, UsageError
 from sweep_results import SweepRecords, load_records, number_format
 
 METRICS = ("test_accuracy", "test_loss", "val_loss", "val_accuracy", "loss",
@@ -249,6 +251,7 @@ def write_report(sweep_dir, out_dir=None) -> dict:
     atomic.write_csv(written["csv"], table)
     atomic.write_text(written["markdown"], document)
     for name, figure in drawn.items():
+        faults.point("report_figure")
         written[name] = report_plots.save_figure(
             figure, os.path.join(out_dir, f"{name}.png"))
     return written
@@ -278,10 +281,18 @@ def main(argv=None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return UsageError.exit_status
+    except Interrupted as stop:  # (raised once cli.stop_on_signals ran)
+        from runtime.progress import SIGNAL_WORDS
+        print(f"stopped by {SIGNAL_WORDS[stop.signum]}: each file of the "
+              "report is whole or absent; rerun the same command to write "
+              "it all", file=sys.stderr, flush=True)
+        return stop.exit_status
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import cli
+    cli.stop_on_signals()
+    cli.exit_with(main())

@@ -8,7 +8,8 @@ it passes `point(<point>)`.  Unset, `point` does nothing.  The points:
 `startup` (sweep planned, no trial begun), `epoch_end` (an epoch backed
 up), `run_end` (a run's model.keras written, its metrics.json not yet),
 `trial_end` (a trial recorded, the next not begun), `train_batch` (a
-training batch done, mid-epoch; passed only when armed, see `armed`).
+training batch done, mid-epoch; passed only when armed, see `armed`),
+`report_figure` (report.py: its table written, a figure about to be).
 
     BPFREE_STOP_AT=<point>[:<n>]
 

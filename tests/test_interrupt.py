@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 import cli
+import report
 import train
 from runtime import folders
 import tune
@@ -54,12 +55,13 @@ def stopped(group: int) -> bool:
     return False
 
 
-def interrupted(command, signum, timeout=300, group=True):
-    """Runs `command` until it stops itself mid-epoch, sends `signum` to
-    its process group (`group`: as a terminal does), or else to the
-    command's own process alone, lets it go on; returns the
+def interrupted(command, signum, timeout=300, group=True,
+                stop_at=SECOND_EPOCH):
+    """Runs `command` until it stops itself at `stop_at` (mid-epoch), sends
+    `signum` to its process group (`group`: as a terminal does), or else
+    to the command's own process alone, lets it go on; returns the
     CompletedProcess."""
-    env = {**os.environ, "BPFREE_STOP_AT": SECOND_EPOCH}
+    env = {**os.environ, "BPFREE_STOP_AT": stop_at}
     for name in ("BPFREE_KILL_AT", "BPFREE_VERBOSE"):
         env.pop(name, None)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
@@ -189,3 +191,25 @@ def test_sigterm_to_train_bash_alone_reaches_the_sweep(tmp_path):
         "stopped by SIGTERM in trial [1/2], epoch 2/2 (0 of 2 trials done); "
         "rerun the same command to continue: finished trials are kept and "
         "this one resumes from its last finished epoch (1)"]
+
+
+@pytest.mark.parametrize("signum,words", [
+    (signal.SIGINT, "Ctrl-C (SIGINT)"), (signal.SIGTERM, "SIGTERM")])
+def test_report_stopped_between_its_files_leaves_each_whole(
+        signum, words, report_sweep, tmp_path):
+    """Stopped after its table and first figure: one line, no traceback,
+    the files written whole, no temporary file, the rest absent; the
+    process ends by the signal."""
+    out = str(tmp_path / "report")
+    result = interrupted([sys.executable, os.path.join(ROOT, "report.py"),
+                          report_sweep, f"--out={out}"], signum,
+                         stop_at="report_figure:2")
+    assert result.returncode == -signum, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        f"stopped by {words}: each file of the report is whole or absent; "
+        "rerun the same command to write it all"]
+    assert sorted(os.listdir(out)) == ["learning_curves.png", "report.csv",
+                                       "report.md"]
+    assert pd.read_csv(os.path.join(out, "report.csv")).equals(
+        pd.read_csv(report.write_report(report_sweep, str(tmp_path / "all"))
+                    ["csv"]))
