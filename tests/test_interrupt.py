@@ -57,9 +57,10 @@ def stopped(group: int) -> bool:
 
 def interrupted(command, signum, timeout=300, group=True,
                 stop_at=SECOND_EPOCH):
-    """Runs `command` until it stops itself at `stop_at` (mid-epoch), sends
-    `signum` to its process group (`group`: as a terminal does), or else
-    to the command's own process alone, lets it go on; returns the
+    """Runs `command` until it stops itself at `stop_at` (a faults.py
+    point; by default mid-epoch, in the second epoch), sends `signum` to
+    its process group (`group`: as a terminal does), or else to the
+    command's own process alone, lets it go on; returns the
     CompletedProcess."""
     env = {**os.environ, "BPFREE_STOP_AT": stop_at}
     for name in ("BPFREE_KILL_AT", "BPFREE_VERBOSE"):
