@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+TF_ALIGNMENT = 64  # bytes (EIGEN_MAX_ALIGN_BYTES with AVX-512)
+
 
 def float32_copy(x: np.ndarray) -> np.ndarray:
     """x in float32, in a new C-ordered array whose data start on a
@@ -18,9 +20,6 @@ def float32_copy(x: np.ndarray) -> np.ndarray:
     out = buffer[start:start + size].view(np.float32).reshape(x.shape)
     np.copyto(out, x, casting="unsafe")
     return out
-
-
-TF_ALIGNMENT = 64  # bytes (EIGEN_MAX_ALIGN_BYTES with AVX-512)
 
 
 def as_tensor(x: np.ndarray):
